@@ -1,0 +1,1 @@
+"""Tools the model can call (read, edit, write, grep, glob, shell, git)."""

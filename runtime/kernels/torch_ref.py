@@ -1,0 +1,64 @@
+"""The reference attention backend: gather each sequence's pages, then torch SDPA."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+
+
+def store_kv_reference(k_cache, v_cache, k, v, slot_mapping: torch.Tensor, page_size: int) -> None:
+    """Scatter new keys/values into their slots; k_cache is `[pages, page_size, H, D]`."""
+    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
+    k_cache[pages, offsets] = k.to(k_cache.dtype)
+    v_cache[pages, offsets] = v.to(v_cache.dtype)
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """One sequence's keys (or values) as a contiguous `(seq_len, H, D)` tensor."""
+    page_size = cache.shape[1]
+    n_pages = (seq_len + page_size - 1) // page_size
+    pages = cache[block_table[:n_pages].long()]  # (n_pages, P, H, D)
+    return pages.flatten(0, 1)[:seq_len]
+
+
+def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """Bool mask `(q_len, kv_len)`: query i sees keys up to `kv_len - q_len + i`."""
+    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    return torch.arange(kv_len, device=device)[None, :] <= rows
+
+
+def attend_reference(q, k, v, scale: float) -> torch.Tensor:
+    """Causal (end-aligned) GQA attention of q `(Tq, Hq, D)` over k, v `(Tk, Hkv, D)`."""
+    q_len, kv_len = q.shape[0], k.shape[0]
+    mask = None if q_len == 1 else causal_mask(q_len, kv_len, q.device)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),  # (Hq, Tq, D)
+        k.transpose(0, 1).to(q.dtype),  # (Hkv, Tk, D)
+        v.transpose(0, 1).to(q.dtype),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.transpose(0, 1)  # (Tq, Hq, D)
+
+
+class TorchReferenceBackend(AttentionBackend):
+    """Pure torch; loops over the sequences of a batch in Python. Serves the CPU and the tests."""
+
+    name = "torch"
+
+    def store_kv(self, k_cache, v_cache, k, v, meta: AttentionMetadata) -> None:
+        store_kv_reference(k_cache, v_cache, k, v, meta.slot_mapping, meta.page_size)
+
+    def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        out = torch.empty_like(q)
+        start = 0
+        for b, (q_len, kv_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            table = meta.block_tables[b]
+            k = gather_kv(k_cache, table, kv_len)
+            v = gather_kv(v_cache, table, kv_len)
+            out[start : start + q_len] = attend_reference(q[start : start + q_len], k, v, scale)
+            start += q_len
+        return out

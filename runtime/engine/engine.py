@@ -1,0 +1,306 @@
+"""The engine: sequences over paged KV; extend, generate (streaming or batched), fork, truncate."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from runtime.engine.kv_pages import KVPages
+from runtime.engine.model_runner import ModelRunner, Work
+from runtime.engine.sampler import Sampler
+from runtime.engine.sampling import SamplingParams
+from runtime.engine.scheduler import Request, Scheduler
+from runtime.engine.sequence import BlockTable, Sequence
+from runtime.errors import ContextTooLong
+from runtime.kernels.backend import AttentionBackend
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of the engine that do not change the model's output."""
+
+    prefill_chunk: int = 512
+    max_batch_tokens: int = 2048
+
+
+@dataclass
+class ExtendResult:
+    """What one `extend` cost: tokens served from cache (by tier) versus computed."""
+
+    new_tokens: int
+    cached_tokens: int
+    cached_by_tier: dict[str, int]
+    computed_tokens: int
+    seconds: float
+
+
+@dataclass
+class StreamEvent:
+    """One generated token, the text it completed (may be empty), and why generation ended."""
+
+    token_id: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation of one sequence."""
+
+    tokens: list[int]
+    text: str
+    finish_reason: str
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    """Owns the model runner and the KV pages; every sequence's KV lives in `kv.pool`.
+
+    Token-level API: `extend(seq, ids)` appends ids and computes their KV (reusing cached pages
+    for a fresh sequence); `generate(seq, params)` streams sampled tokens, appending them to the
+    sequence; `fork` shares full pages and copies the partial one; `truncate` rewinds.
+    """
+
+    def __init__(self, model: nn.Module, kv: KVPages, backend: AttentionBackend, *,
+                 max_context: int, stop_ids: frozenset[int] = frozenset(), tokenizer=None,
+                 config: EngineConfig = EngineConfig(), device: torch.device | str = "cpu"):
+        self.kv = kv
+        self.device = torch.device(device)
+        self.page_size = kv.pool.layout.page_size
+        self.max_context = max_context
+        self.stop_ids = stop_ids
+        self.tokenizer = tokenizer
+        self.config = config
+        self.runner = ModelRunner(model, kv.pool.layer_views(), backend, self.page_size,
+                                  self.device)
+        self.scheduler = Scheduler(config.prefill_chunk, config.max_batch_tokens)
+        self.sampler = Sampler()
+        self._req_ids = itertools.count(1)
+
+    # -- sequences -------------------------------------------------------------------------
+
+    def new_sequence(self) -> Sequence:
+        return Sequence(table=BlockTable(self.device))
+
+    def release(self, seq: Sequence) -> None:
+        """Drop the sequence's hold on its pages (sealed pages stay cached)."""
+        self.kv.release(seq.table.truncate(0))
+        seq.hashes.clear()
+        seq.num_computed = 0
+        seq.last_logits = None
+
+    def fork(self, seq: Sequence) -> Sequence:
+        """A new sequence with the same tokens: full pages shared, the partial page copied."""
+        child = Sequence(table=BlockTable(self.device), tokens=list(seq.tokens),
+                         num_computed=seq.num_computed, hashes=list(seq.hashes))
+        full = seq.num_computed // self.page_size
+        shared = seq.pages[:full]
+        self.kv.pin(shared)
+        child.table.append(shared)
+        if len(seq.pages) > full:
+            page = self.kv.alloc(1)
+            self.kv.pool.copy_page(seq.pages[full], page[0])
+            child.table.append(page)
+        child.last_logits = None if seq.last_logits is None else seq.last_logits.clone()
+        return child
+
+    def truncate(self, seq: Sequence, n: int) -> None:
+        """Rewind to the first n tokens; later pages are released, a shared boundary is copied."""
+        assert 0 <= n <= len(seq.tokens), f"cannot truncate {len(seq.tokens)} tokens to {n}"
+        if n == len(seq.tokens):
+            return
+        del seq.tokens[n:]
+        self.kv.release(seq.table.truncate(-(-n // self.page_size)))
+        del seq.hashes[n // self.page_size :]
+        if n % self.page_size and seq.num_computed > n - n % self.page_size:
+            self._copy_on_write(seq, n // self.page_size)
+        seq.num_computed = min(seq.num_computed, n)
+        seq.last_logits = None
+
+    # -- extend ----------------------------------------------------------------------------
+
+    def extend(self, seq: Sequence, ids: list[int]) -> ExtendResult:
+        """Append ids and compute the KV of every pending token; keeps the last token's logits."""
+        start = time.perf_counter()
+        total = len(seq.tokens) + len(ids)
+        if total > self.max_context:
+            raise ContextTooLong(
+                f"prompt is {total} tokens but the model's context is {self.max_context}; "
+                "shorten the prompt or use a model with a longer context")
+        seq.tokens.extend(ids)
+        by_tier = self._reuse_prefix(seq)
+        self._need_logits(seq)
+        computed = seq.num_pending
+        self._compute_pending([seq])
+        cached = sum(by_tier.values()) * self.page_size
+        return ExtendResult(len(ids), cached, {k: v * self.page_size for k, v in by_tier.items()},
+                            computed, time.perf_counter() - start)
+
+    def _reuse_prefix(self, seq: Sequence) -> dict[str, int]:
+        """A fresh sequence picks up its longest cached prefix of full pages from any tier."""
+        if not self.kv.prefix_caching or seq.num_computed or len(seq.table):
+            return {}
+        n_full = (len(seq.tokens) - 1) // self.page_size  # keep one token to compute logits
+        hashes = self._chain(seq.tokens, n_full)
+        got = self.kv.acquire(hashes)
+        seq.table.append(got.pages)
+        seq.hashes = hashes[: len(got.pages)]
+        seq.num_computed = len(got.pages) * self.page_size
+        return got.by_tier
+
+    def _chain(self, tokens: list[int], n_pages: int, prev: bytes | None = None,
+               first: int = 0) -> list[bytes]:
+        out, p = [], self.page_size
+        for i in range(first, n_pages):
+            prev = self.kv.page_hash(prev, tokens[i * p : (i + 1) * p])
+            out.append(prev)
+        return out
+
+    def _need_logits(self, seq: Sequence) -> None:
+        """With nothing pending and no logits kept, recompute the last token (its page copied)."""
+        if seq.num_pending or seq.last_logits is not None or not seq.tokens:
+            return
+        last = seq.num_computed - 1
+        del seq.hashes[last // self.page_size :]
+        self._copy_on_write(seq, last // self.page_size)
+        seq.num_computed = last
+
+    def _copy_on_write(self, seq: Sequence, index: int) -> None:
+        old = seq.pages[index]
+        new = self.kv.alloc(1)[0]
+        self.kv.pool.copy_page(old, new)
+        seq.table.replace(index, new)
+        self.kv.release([old])
+
+    def _compute_pending(self, seqs: list[Sequence]) -> None:
+        while work := self.scheduler.schedule(seqs):
+            self._run(work)
+
+    def _run(self, work: list[Work]) -> None:
+        for w in work:
+            self._ensure_pages(w.seq, w.end)
+        logits = self.runner.run(work)
+        wanted = iter(range(len(work)) if logits is None else range(logits.shape[0]))
+        for w in work:
+            w.seq.num_computed = w.end
+            if w.want_logits:
+                w.seq.last_logits = logits[next(wanted)]
+            self._seal_full_pages(w.seq)
+
+    def _ensure_pages(self, seq: Sequence, end: int) -> None:
+        missing = -(-end // self.page_size) - len(seq.table)
+        if missing > 0:
+            seq.table.append(self.kv.alloc(missing))
+
+    def _seal_full_pages(self, seq: Sequence) -> None:
+        if not self.kv.prefix_caching:
+            return
+        n_full = seq.num_computed // self.page_size
+        prev = seq.hashes[-1] if seq.hashes else None
+        for i, h in enumerate(self._chain(seq.tokens, n_full, prev, len(seq.hashes)),
+                              start=len(seq.hashes)):
+            page = self.kv.seal(seq.pages[i], h)
+            if page != seq.pages[i]:
+                seq.table.replace(i, page)
+            seq.hashes.append(h)
+
+    # -- generate --------------------------------------------------------------------------
+
+    def generate(self, seq: Sequence, params: SamplingParams) -> Iterator[StreamEvent]:
+        """Stream tokens for one sequence; the last event carries the finish reason."""
+        req = self._start(seq, params)
+        try:
+            while not req.finished:
+                yield from self._step([req])
+        finally:
+            self.sampler.finish(req.req_id)
+
+    def generate_batch(self, seqs: list[Sequence],
+                       params: list[SamplingParams]) -> list[GenerationResult]:
+        """Generate for several sequences at once, decoding them together each step."""
+        start = time.perf_counter()
+        reqs = [self._start(s, p) for s, p in zip(seqs, params)]
+        while active := [r for r in reqs if not r.finished]:
+            for _ in self._step(active):
+                pass
+        for r in reqs:
+            self.sampler.finish(r.req_id)
+        took = time.perf_counter() - start
+        return [GenerationResult(r.generated, r.text, r.finish_reason or "stop", took)
+                for r in reqs]
+
+    def _start(self, seq: Sequence, params: SamplingParams) -> Request:
+        self._need_logits(seq)
+        self._compute_pending([seq])
+        stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos
+                                                     else self.stop_ids)
+        req = Request(next(self._req_ids), seq, params, stops, self.max_context,
+                      decoder=_decoder(self.tokenizer))
+        self.sampler.start(req.req_id, params, self.device)
+        return req
+
+    def _step(self, reqs: list[Request]) -> Iterator[StreamEvent]:
+        """sample -> postprocess -> run: one decode step over the active requests."""
+        logits = torch.stack([r.seq.last_logits for r in reqs])
+        tokens = self.sampler.sample(logits, [r.params for r in reqs], [r.req_id for r in reqs])
+        events = [self._postprocess(r, t) for r, t in zip(reqs, tokens)]
+        running = [r for r in reqs if not r.finished]
+        if running:
+            self._run([Work(r.seq, r.seq.num_computed, len(r.seq.tokens), True)
+                       for r in running])
+        yield from events
+
+    def _postprocess(self, req: Request, token: int) -> StreamEvent:
+        req.seq.tokens.append(token)
+        req.seq.last_logits = None
+        req.generated.append(token)
+        if token in req.stop_ids:
+            req.finish_reason = "stop"
+        else:
+            req.text += req.decoder.push(token) if req.decoder else ""
+            _apply_stop_strings(req)
+        if not req.finished and len(req.generated) >= req.params.max_tokens:
+            req.finish_reason = "length"
+        if not req.finished and len(req.seq.tokens) >= req.max_len:
+            req.finish_reason = "context"
+        if req.finished and req.decoder and req.finish_reason != "stop":
+            req.text += req.decoder.flush()
+            _apply_stop_strings(req)
+        return StreamEvent(token, _take_safe_text(req), req.finish_reason)
+
+
+def _decoder(tokenizer):
+    if tokenizer is None:
+        return None
+    from runtime.detokenizer import StreamDecoder
+
+    return StreamDecoder(tokenizer)
+
+
+def _apply_stop_strings(req: Request) -> None:
+    for stop in req.params.stop:
+        cut = req.text.find(stop)
+        if cut >= 0:
+            req.text = req.text[:cut]
+            req.finish_reason = "stop"
+
+
+def _take_safe_text(req: Request) -> str:
+    """New text, holding back a tail that could still grow into a stop string."""
+    end = len(req.text)
+    if not req.finished:
+        for stop in req.params.stop:
+            for k in range(min(len(stop) - 1, len(req.text)), 0, -1):
+                if req.text.endswith(stop[:k]):
+                    end = min(end, len(req.text) - k)
+                    break
+    end = max(end, req.emitted)
+    out = req.text[req.emitted : end]
+    req.emitted = end
+    return out

@@ -1,0 +1,60 @@
+"""Turn a batch of logits into next tokens: greedy, temperature, top-k, top-p, seeded."""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.engine.sampling import SamplingParams
+
+
+class Sampler:
+    """Samples one token per row. Each request gets its own generator, so a seed reproduces."""
+
+    def __init__(self) -> None:
+        self._generators: dict[int, torch.Generator] = {}
+
+    def start(self, request_id: int, params: SamplingParams, device: torch.device) -> None:
+        """Create the request's generator (seeded if asked)."""
+        gen = torch.Generator(device=device)
+        if params.seed is not None:
+            gen.manual_seed(params.seed)
+        else:
+            gen.seed()
+        self._generators[request_id] = gen
+
+    def finish(self, request_id: int) -> None:
+        self._generators.pop(request_id, None)
+
+    def sample(
+        self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[int]
+    ) -> list[int]:
+        """logits (B, vocab) float32 -> one token id per row."""
+        if all(p.greedy for p in params):
+            return logits.argmax(dim=-1).tolist()
+        out = []
+        for row, p, rid in zip(logits, params, request_ids):
+            out.append(self._sample_row(row, p, self._generators[rid]))
+        return out
+
+    @staticmethod
+    def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+        if p.greedy:
+            return int(row.argmax())
+        row = row.float() / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
+            row = row.masked_fill(row < kth, float("-inf"))
+        probs = torch.softmax(row, dim=-1)
+        if p.top_p < 1.0:
+            probs = _top_p_filter(probs, p.top_p)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose mass reaches top_p (the top token always stays)."""
+    sorted_p, idx = probs.sort(descending=True)
+    cum = sorted_p.cumsum(0)
+    drop = (cum - sorted_p) >= top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    kept = torch.zeros_like(probs).scatter_(0, idx, sorted_p)
+    return kept / kept.sum()

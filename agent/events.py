@@ -1,0 +1,161 @@
+"""Everything the agent tells a front end, and everything a front end asks of it.
+
+Front ends (the TUI, the headless JSON stream, tests) see only these dataclasses: `Op`s go in
+through `AgentHandle.submit`, `Event`s come out of `AgentHandle.next_event`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# ---- ops: front end -> agent ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """A user message; queued if a turn is running."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """The answer to an ApprovalRequested: allow once, always allow `rule`, or deny."""
+
+    call_id: str
+    decision: Literal["allow", "always", "deny"]
+    rule: str | None = None  # for "always", e.g. "shell(git *)"
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop the running turn as soon as possible (generation and tools are cancelled)."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish: flush the store and the KV cache, then stop."""
+
+
+Op = UserInput | ApprovalDecision | Interrupt | Shutdown
+
+# ---- events: agent -> front end -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token accounting of one turn; cached tokens are split by the tier that served them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cached_by_tier: dict[str, int] = field(default_factory=dict)
+    computed_tokens: int = 0
+    context_tokens: int = 0  # the whole resident context after the turn
+    context_window: int = 0
+    decode_tok_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    session_id: str
+    model: str
+    repo_root: str
+    resumed: bool
+    context_window: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Long work: repository ingestion, KV restore, model load. total 0 = unknown."""
+
+    kind: Literal["load", "ingest", "restore", "prefill"]
+    done: int
+    total: int
+    unit: str = "tokens"
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    turn: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """Streamed assistant text (tool-call markup is not streamed as text)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallFinished:
+    call_id: str
+    name: str
+    ok: bool
+    content: str  # what the model saw
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. {"diff": "..."}
+
+
+@dataclass(frozen=True)
+class ApprovalRequested:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+    suggested_rule: str | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """A factual note appended to the context (e.g. files changed outside the agent)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    turn: int
+    status: Literal["done", "turn_limit", "interrupted", "error"]
+    text: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class KVStats:
+    """Where the session's KV pages live now."""
+
+    device_pages: int
+    host_pages: int
+    disk_pages: int
+    page_size: int
+
+
+@dataclass(frozen=True)
+class Error:
+    message: str
+    fatal: bool = False
+
+
+Event = (SessionStarted | Progress | TurnStarted | TokenDelta | ToolCallStarted
+         | ToolCallFinished | ApprovalRequested | Note | TurnFinished | KVStats | Error)
+
+_TYPE_NAMES = {
+    SessionStarted: "session_started", Progress: "progress", TurnStarted: "turn_started",
+    TokenDelta: "message_delta", ToolCallStarted: "tool_started", ToolCallFinished: "tool_finished",
+    ApprovalRequested: "approval_requested", Note: "note", TurnFinished: "turn_finished",
+    KVStats: "kv_stats", Error: "error",
+}
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The stream-json form: `{"type": ..., **fields}`."""
+    return {"type": _TYPE_NAMES[type(event)], **dataclasses.asdict(event)}

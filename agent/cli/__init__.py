@@ -1,0 +1,40 @@
+"""The `agent` command: one parser, a module per subcommand.
+
+Files:
+- common.py: shared flags, output helpers, the error-to-exit-code policy.
+- generate.py: `agent generate`, raw generation for scripts and benchmarks.
+- models.py: `agent models list|pull`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent.cli import common, generate, models
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent",
+        description="A coding agent that serves its own model and keeps the whole repository "
+        "and conversation resident in its KV cache.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (generate, models):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return common.EXIT_USAGE
+    return common.run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What every subcommand shares: flags, output, and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TURN_LIMIT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad flags or arguments: exit code 2."""
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model: 'smollm2' (the embedded default), a local HF folder or .gguf "
+                   "file, or a Hugging Face id (env AGENT_MODEL)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="weights and KV dtype (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--cache-dir", default=None,
+                   help="models and KV pages live here (env AGENT_CACHE_DIR)")
+
+
+def out(text: str = "", end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def out_json(obj: Any) -> None:
+    out(json.dumps(obj, ensure_ascii=False))
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; known errors become one line on stderr and a non-zero exit."""
+    from runtime.errors import RuntimeError_
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        return func(args)
+    except UsageError as e:
+        err(f"error: {e}")
+        return EXIT_USAGE
+    except (RuntimeError_, OSError, ValueError) as e:
+        err(f"error: {_one_line(e)}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def apply_dirs(args: argparse.Namespace) -> None:
+    """Hand --cache-dir / --data-dir to the settings module (flags beat the environment)."""
+    from runtime import settings
+
+    settings.override(cache_dir=getattr(args, "cache_dir", None),
+                      data_dir=getattr(args, "data_dir", None))

@@ -1,0 +1,100 @@
+"""`agent generate`: raw generation on the local runtime, for scripts and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, out, out_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate text from a prompt (no tools, no session)",
+        description="Generate from a prompt with the local runtime. --prompt is rendered with "
+        "the model's chat template as one user message; --raw is tokenized as is.",
+    )
+    add_model_flags(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="a user message, rendered with the chat template ('-': stdin)")
+    src.add_argument("--raw", help="text tokenized as is, no template ('-': stdin)")
+    p.add_argument("--system", default=None, help="system message (with --prompt)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: text, tokens, usage, timings")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="compute every token; do not read or write the KV cache on disk")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.engine.sampling import SamplingParams
+    from runtime.local_model import LocalModel, RuntimeOptions
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
+    apply_dirs(args)
+    model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, device=args.device,
+                                                       progress=sys.stderr.isatty()))
+    ids = _prompt_ids(model, args)
+    engine = model.engine
+    seq = engine.new_sequence()
+    extend = engine.extend(seq, ids)
+    start = time.perf_counter()
+    tokens, pieces, finish = [], [], "stop"
+    for event in engine.generate(seq, params):
+        tokens.append(event.token_id)
+        pieces.append(event.text)
+        finish = event.finish_reason or finish
+        if not args.json and event.text:
+            out(event.text, end="")
+    decode_s = time.perf_counter() - start
+    if not args.json:
+        out()
+        return EXIT_OK
+    out_json(_report(model, ids, tokens, "".join(pieces), finish, extend, decode_s))
+    return EXIT_OK
+
+
+def _read(value: str) -> str:
+    return sys.stdin.read() if value == "-" else value
+
+
+def _prompt_ids(model, args: argparse.Namespace) -> list[int]:
+    if args.raw is not None:
+        return model.tokenizer.encode(_read(args.raw))
+    if model.template is None:
+        raise UsageError("this model has no chat template; use --raw")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": _read(args.prompt)})
+    text = model.template.render(messages, add_generation_prompt=True)
+    return model.tokenizer.encode(text)
+
+
+def _report(model, ids, tokens, text, finish, extend, decode_s) -> dict:
+    # The first token comes from the prefill's logits, so decode covers the rest.
+    decode_tokens = max(len(tokens) - 1, 0)
+    return {
+        "model": model.name,
+        "text": text,
+        "tokens": tokens,
+        "finish_reason": finish,
+        "usage": {
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(tokens),
+            "cached_tokens": extend.cached_tokens,
+            "cached_by_tier": extend.cached_by_tier,
+        },
+        "timings": {
+            "load_s": round(model.load_s, 4),
+            "prefill_s": round(extend.seconds, 4),
+            "decode_s": round(decode_s, 4),
+            "decode_tok_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else 0.0,
+        },
+    }

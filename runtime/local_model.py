@@ -1,0 +1,112 @@
+"""A model ready to serve: weights, tokenizer, chat template and an engine over KV pages."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from memory.device_pool import DevicePagePool
+from memory.kv_layout import KVLayout
+from runtime.chat_template import ChatTemplate
+from runtime.config import ModelConfig
+from runtime.engine.engine import Engine, EngineConfig
+from runtime.engine.kv_pages import KVPages, PrivatePages
+from runtime.engine.model_runner import prefer_transposed_linears
+from runtime.kernels.backend import create_backend, default_backend_name
+from runtime.loader import load_model
+from runtime.model_cache import resolve_model
+from runtime.tokenizer import Tokenizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to serve a model; None means the device's default."""
+
+    dtype: str | None = None  # fp32 | bf16 | fp16
+    device: str | None = None  # cpu | cuda | cuda:N
+    page_size: int | None = None
+    kv_pages: int | None = None  # device pages; default: the context window, twice
+    backend: str | None = None
+    prefill_chunk: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class LocalModel:
+    """A loaded model and its engine. `name` is the spec the user gave."""
+
+    name: str
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    template: ChatTemplate | None
+    engine: Engine
+    weights_id: str
+    dtype: torch.dtype
+    load_s: float
+
+    @property
+    def context_window(self) -> int:
+        return self.config.max_position_embeddings
+
+    @classmethod
+    def open(cls, spec: str | None, options: RuntimeOptions = RuntimeOptions(),
+             kv: KVPages | None = None) -> LocalModel:
+        """Resolve (pulling if needed), load and wrap in an engine. Raises runtime errors."""
+        start = time.perf_counter()
+        path = resolve_model(spec, progress=options.progress)
+        device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = DTYPES[options.dtype or _default_dtype(device)]
+        loaded = load_model(path, dtype=dtype, device=device)
+        if device.type == "cpu":
+            prefer_transposed_linears(loaded.model)
+        tokenizer = _load_tokenizer(path)
+        cfg = loaded.config
+        kv = kv or PrivatePages(_device_pool(cfg, dtype, device, options))
+        backend = create_backend(options.backend or default_backend_name(device))
+        stop_ids = frozenset(loaded.generation_eos_ids) | frozenset(tokenizer.eos_ids)
+        engine = Engine(loaded.model, kv, backend, max_context=cfg.max_position_embeddings,
+                        stop_ids=stop_ids, tokenizer=tokenizer, device=device,
+                        config=EngineConfig(prefill_chunk=options.prefill_chunk or
+                                            (512 if device.type == "cpu" else 8192)))
+        template = _template(tokenizer)
+        return cls(spec or "smollm2", path, cfg, tokenizer, template, engine, loaded.weights_id,
+                   dtype, time.perf_counter() - start)
+
+
+def _default_dtype(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def default_page_size(device: torch.device) -> int:
+    return 256 if device.type == "cuda" else 64
+
+
+def kv_layout_for(cfg: ModelConfig, dtype: torch.dtype, page_size: int) -> KVLayout:
+    return KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
+
+
+def _device_pool(cfg: ModelConfig, dtype, device, options: RuntimeOptions) -> DevicePagePool:
+    page_size = options.page_size or default_page_size(device)
+    pages = options.kv_pages or 2 * -(-cfg.max_position_embeddings // page_size)
+    return DevicePagePool(kv_layout_for(cfg, dtype, page_size), pages, device)
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    if path.is_file():
+        return Tokenizer.from_gguf(path)
+    return Tokenizer.from_hf_folder(path)
+
+
+def _template(tokenizer: Tokenizer) -> ChatTemplate | None:
+    if not tokenizer.chat_template:
+        return None
+    bos = tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+    eos_ids = sorted(tokenizer.eos_ids)
+    eos = tokenizer.id_to_token(eos_ids[0]) if eos_ids else ""
+    return ChatTemplate(tokenizer.chat_template, bos_token=bos, eos_token=eos)

@@ -1,0 +1,149 @@
+"""Our runtime versus `transformers` on the same weights and dtype, on this CPU.
+
+Measures decode tokens/s (batch 1, greedy) and the prefill time of a long prompt for the
+embedded default model, runs both side by side in one process, reports ratios, and compares
+decode with the memory-bandwidth bound (weight bytes read per token / measured bandwidth).
+
+    python bench/cpu_generate.py --dtype fp32 --out bench/results/cpu_generate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def measure_bandwidth() -> float:
+    """GB/s of a large read (sum over 512 MiB), best of three."""
+    x = torch.ones(128 * 1024 * 1024, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def ours_decode(model, prompt: list[int], n: int) -> float:
+    from runtime.engine.sampling import SamplingParams
+
+    engine = model.engine
+    seq = engine.new_sequence()
+    engine.extend(seq, prompt)
+    start = time.perf_counter()
+    events = list(engine.generate(seq, SamplingParams(max_tokens=n, ignore_eos=True)))
+    took = time.perf_counter() - start
+    engine.release(seq)
+    return (len(events) - 1) / took
+
+
+def ours_prefill(model, prompt: list[int]) -> float:
+    engine = model.engine
+    seq = engine.new_sequence()
+    start = time.perf_counter()
+    engine.extend(seq, prompt)
+    took = time.perf_counter() - start
+    engine.release(seq)
+    return took
+
+
+def hf_model(model):
+    """A transformers Llama holding exactly our weights (same values, same dtype)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                      intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
+                      num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+                      head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
+                      max_position_embeddings=c.max_position_embeddings,
+                      tie_word_embeddings=c.tie_word_embeddings)
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(cfg)
+    state = {k: v.contiguous() for k, v in model.engine.runner.model.state_dict().items()}
+    hf.load_state_dict(state, assign=True, strict=False)
+    hf.tie_weights()
+    return hf.to(model.dtype).eval()
+
+
+def hf_decode(hf, prompt: list[int], n: int) -> float:
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        hf.generate(ids, max_new_tokens=4, do_sample=False)  # warm up
+        start = time.perf_counter()
+        out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        took = time.perf_counter() - start
+    generated = out.shape[1] - len(prompt)
+    return (generated - 1) / took  # the first token comes from the prefill
+
+
+def hf_prefill(hf, prompt: list[int]) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        hf(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - start
+
+
+def weight_bytes(model) -> int:
+    """Bytes read per decode token: every weight except the embedding table (one row)."""
+    m = model.engine.runner.model
+    total = sum(p.numel() * p.element_size() for p in m.parameters())
+    if not model.config.tie_word_embeddings:
+        emb = m.model.embed_tokens.weight
+        total -= emb.numel() * emb.element_size()
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prefill-tokens", type=int, default=4096)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    from runtime.local_model import LocalModel, RuntimeOptions
+
+    torch.manual_seed(0)
+    model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, device="cpu"))
+    vocab = model.config.vocab_size
+    short = torch.randint(100, vocab - 100, (64,)).tolist()
+    long = torch.randint(100, vocab - 100, (args.prefill_tokens,)).tolist()
+    hf = hf_model(model)
+    bw = measure_bandwidth()
+
+    ours_decode(model, short, 8)  # warm up
+    rows = {
+        "ours_decode_tok_s": ours_decode(model, short, args.decode_tokens),
+        "hf_decode_tok_s": hf_decode(hf, short, args.decode_tokens),
+        "ours_prefill_s": ours_prefill(model, long),
+        "hf_prefill_s": hf_prefill(hf, long),
+    }
+    bound = bw * 1e9 / weight_bytes(model)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "model": model.name,
+        "dtype": args.dtype,
+        "bandwidth_gb_s": round(bw, 1),
+        "decode_bound_tok_s": round(bound, 1),
+        **{k: round(v, 3) for k, v in rows.items()},
+        "decode_speedup": round(rows["ours_decode_tok_s"] / rows["hf_decode_tok_s"], 2),
+        "prefill_speedup": round(rows["hf_prefill_s"] / rows["ours_prefill_s"], 2),
+        "decode_fraction_of_bound": round(rows["ours_decode_tok_s"] / bound, 2),
+    }
+    for k, v in result.items():
+        print(f"{k:28s} {v}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The model backend contract: a conversation that grows by messages and streams replies."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """What the agent asks of one reply."""
+
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class AppendResult:
+    """What appending messages cost: new tokens, served from cache (by tier) or computed."""
+
+    new_tokens: int = 0
+    cached_tokens: int = 0
+    cached_by_tier: dict[str, int] = field(default_factory=dict)
+    computed_tokens: int = 0
+    seconds: float = 0.0
+    ids: list[int] = field(default_factory=list)  # token ids appended (local runtime only)
+    text: str = ""  # the rendered text appended
+
+
+@dataclass
+class Reply:
+    """A finished reply: full text (tool-call markup included), tokens, why it stopped."""
+
+    text: str
+    ids: list[int]
+    finish_reason: str
+    decode_s: float = 0.0
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decode_tok_s(self) -> float:
+        return max(len(self.ids) - 1, 0) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class Conversation(ABC):
+    """One context on one model, append-only.
+
+    Contract: `append` adds messages (rendered through the model's chat template as the delta
+    against what is already in the context) and, with `generation_prompt`, opens an assistant
+    turn; `generate` then streams text deltas and stores the finished Reply in `last_reply`,
+    adding the assistant message to `messages`. `truncate(mark)` returns to a `mark()` taken
+    earlier. Errors from the model surface as exceptions of the backend; nothing is retried.
+    """
+
+    messages: list[dict[str, Any]]
+    last_reply: Reply | None = None
+
+    @abstractmethod
+    def append(self, messages: list[dict[str, Any]], generation_prompt: bool = True
+               ) -> AppendResult:
+        """Add messages to the context (and open an assistant turn)."""
+
+    @abstractmethod
+    def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
+        """Stream the reply's text; stops early when `cancel` is set."""
+
+    @abstractmethod
+    def mark(self) -> dict[str, Any]:
+        """A JSON-able position to come back to with `truncate`."""
+
+    @abstractmethod
+    def truncate(self, mark: dict[str, Any]) -> None:
+        """Rewind to a mark; later messages and their KV are dropped."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this conversation in a new process (JSON-able)."""
+
+    @property
+    @abstractmethod
+    def context_tokens(self) -> int:
+        """Tokens resident in the context now (0 if unknown)."""
+
+
+class ModelBackend(ABC):
+    """A model the agent can talk to (the local runtime, an OpenAI-compatible server, a script)."""
+
+    name: str
+    context_window: int
+    fingerprint: str  # identifies weights + settings; sessions remember it
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes (an estimate for remote models)."""
+
+    @abstractmethod
+    def template_supports_tools(self) -> bool:
+        """True when the chat template renders `tools` itself (else they go in the prompt)."""
+
+    @abstractmethod
+    def conversation(self, tools: list[dict[str, Any]], restore: dict[str, Any] | None = None
+                     ) -> Conversation:
+        """A new conversation, or one rebuilt from `Conversation.state()` saved earlier."""

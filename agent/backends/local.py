@@ -1,0 +1,117 @@
+"""The local runtime as a model backend: the conversation is one engine sequence."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from agent.backends.base import AppendResult, Conversation, GenParams, ModelBackend, Reply
+from runtime.engine.sampling import SamplingParams
+from runtime.local_model import LocalModel
+
+
+class TemplateDrift(Exception):
+    """The chat template re-rendered earlier messages differently (the log is append-only)."""
+
+
+class LocalBackend(ModelBackend):
+    """Serves conversations from a LocalModel's engine."""
+
+    def __init__(self, model: LocalModel):
+        self.model = model
+        self.name = model.name
+        self.context_window = model.context_window
+        self.fingerprint = model.fingerprint
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer.encode(text))
+
+    def template_supports_tools(self) -> bool:
+        template = self.model.template
+        return template is not None and "tools" in template.source
+
+    def conversation(self, tools, restore=None) -> LocalConversation:
+        conv = LocalConversation(self.model, tools if self.template_supports_tools() else None)
+        if restore:
+            conv.restore(restore)
+        return conv
+
+
+class LocalConversation(Conversation):
+    """Messages, the exact text the token log spells, and the engine sequence holding its KV."""
+
+    def __init__(self, model: LocalModel, tools: list[dict[str, Any]] | None):
+        if model.template is None:
+            raise ValueError(f"model {model.name} has no chat template; it cannot run the agent")
+        self.model = model
+        self.tools = tools
+        self.messages: list[dict[str, Any]] = []
+        self.text = ""  # exactly the text of the token log, as rendered and generated
+        self.seq = model.engine.new_sequence()
+        self.last_reply: Reply | None = None
+
+    @property
+    def context_tokens(self) -> int:
+        return len(self.seq.tokens)
+
+    def append(self, messages, generation_prompt=True) -> AppendResult:
+        full = self.model.template.render(self.messages + messages, tools=self.tools,
+                                          add_generation_prompt=generation_prompt)
+        if not full.startswith(self.text):
+            raise TemplateDrift("the chat template changed earlier turns when re-rendered; "
+                                "this model's template cannot be used append-only")
+        delta = full[len(self.text):]
+        ids = self.model.tokenizer.encode(delta)
+        result = self.model.engine.extend(self.seq, ids)
+        self.messages += messages
+        self.text = full
+        return AppendResult(len(ids), result.cached_tokens, result.cached_by_tier,
+                            result.computed_tokens, result.seconds, ids, delta)
+
+    def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
+        sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p,
+                                  seed=params.seed, max_tokens=params.max_tokens)
+        start, ids, finish = time.perf_counter(), [], "stop"
+        stream = self.model.engine.generate(self.seq, sampling)
+        for event in stream:
+            ids.append(event.token_id)
+            finish = event.finish_reason or finish
+            if event.text:
+                yield event.text
+            if cancel.is_set() and not event.finish_reason:
+                stream.close()
+                finish = "interrupted"
+                break
+        self._finish(ids, finish, time.perf_counter() - start)
+
+    def _finish(self, ids: list[int], finish: str, seconds: float) -> None:
+        tok = self.model.tokenizer
+        spelled = tok.decode(ids)  # what the log now holds, end-of-turn token included
+        stop = self.model.engine.stop_ids
+        content_ids = ids[:-1] if ids and ids[-1] in stop else ids
+        content = tok.decode(content_ids)
+        self.text += spelled
+        self.messages.append({"role": "assistant", "content": content})
+        self.last_reply = Reply(content, ids, finish, seconds)
+
+    def mark(self) -> dict[str, Any]:
+        return {"messages": len(self.messages), "tokens": len(self.seq.tokens),
+                "text": len(self.text)}
+
+    def truncate(self, mark: dict[str, Any]) -> None:
+        del self.messages[mark["messages"]:]
+        self.text = self.text[: mark["text"]]
+        self.model.engine.truncate(self.seq, mark["tokens"])
+
+    def state(self) -> dict[str, Any]:
+        return {"messages": self.messages, "text": self.text, "tokens": list(self.seq.tokens)}
+
+    def restore(self, state: dict[str, Any]) -> AppendResult:
+        """Rebuild from `state()`: the KV comes back from the cache tiers where it can."""
+        self.messages = list(state["messages"])
+        self.text = state["text"]
+        result = self.model.engine.extend(self.seq, list(state["tokens"]))
+        return AppendResult(len(state["tokens"]), result.cached_tokens, result.cached_by_tier,
+                            result.computed_tokens, result.seconds)

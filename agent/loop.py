@@ -92,6 +92,9 @@ class AgentLoop:
         self.cancel.clear()
         self.emit(TurnStarted(turn, user_text))
         tally = _TurnTally()
+        if self.conv.carried:
+            tally.add_append(self.conv.carried)
+            self.conv.carried = None
         messages = (preamble or []) + [{"role": "user", "content": user_text}]
         status, text = "turn_limit", ""
         for _ in range(self.config.max_steps):

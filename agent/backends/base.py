@@ -59,6 +59,8 @@ class Conversation(ABC):
 
     messages: list[dict[str, Any]]
     last_reply: Reply | None = None
+    # Work done outside a turn (the repository ingest, a restore), reported with the next turn.
+    carried: AppendResult | None = None
 
     @abstractmethod
     def append(self, messages: list[dict[str, Any]], generation_prompt: bool = True

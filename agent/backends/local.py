@@ -35,7 +35,7 @@ class LocalBackend(ModelBackend):
     def conversation(self, tools, restore=None) -> LocalConversation:
         conv = LocalConversation(self.model, tools if self.template_supports_tools() else None)
         if restore:
-            conv.restore(restore)
+            conv.carried = conv.restore(restore)
         return conv
 
 

@@ -1,0 +1,221 @@
+"""A running agent session: a worker thread between an op queue and an event queue.
+
+The session owns the conversation, the tools, the permissions and the store record. Every
+front end (TUI, headless run, tests) drives it through `AgentHandle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.backends.base import ModelBackend
+from agent.context import system_message
+from agent.events import (
+    ApprovalDecision,
+    ApprovalRequested,
+    Error,
+    Event,
+    Interrupt,
+    Op,
+    Progress,
+    SessionStarted,
+    Shutdown,
+    UserInput,
+)
+from agent.handle import AgentHandle
+from agent.loop import AgentLoop, LoopConfig, NullRecorder, Recorder
+from agent.permissions import Permissions
+from agent.repo_snapshot import take_snapshot
+from agent.tools import default_tools
+from agent.tools.base import ToolContext
+from agent.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionOptions:
+    """How a session runs; the CLI and the TUI fill it from flags."""
+
+    permission_mode: str = "ask"
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    loop: LoopConfig = LoopConfig()
+    snapshot_fraction: float = 0.5  # of the context window, for the repository snapshot
+    title: str | None = None
+
+
+class StoreRecorder(Recorder):
+    """Writes the loop's events and token segments into the session store."""
+
+    def __init__(self, store, session_id: str):
+        self.store = store
+        self.session_id = session_id
+
+    def event(self, turn: int, kind: str, payload: dict[str, Any]) -> None:
+        self.store.append_event(self.session_id, turn, kind, payload)
+
+    def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
+        self.store.append_tokens(self.session_id, turn, kind, ids, text)
+
+
+class AgentSession(AgentHandle):
+    """Runs the loop on a worker thread; `submit` and `next_event` never block on the model."""
+
+    def __init__(self, backend: ModelBackend, repo_root: Path, store=None,
+                 resume_id: str | None = None, options: SessionOptions | None = None):
+        self.backend = backend
+        self.options = options or SessionOptions()
+        self.workspace = Workspace(repo_root)
+        self.tools = default_tools()
+        self.ctx = ToolContext(self.workspace)
+        self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
+                                       deny=self.options.deny)
+        self.store = store
+        self.resume_id = resume_id
+        self.session_id = resume_id or ""
+        self.turn = 0
+        self._ops: queue.Queue[Op] = queue.Queue()
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._pending: list[UserInput] = []
+        self._closed = threading.Event()
+        self.loop: AgentLoop | None = None
+        self._thread = threading.Thread(target=self._main, name="agent-session", daemon=True)
+        self._thread.start()
+
+    # -- AgentHandle -------------------------------------------------------------------------
+
+    def submit(self, op: Op) -> None:
+        if isinstance(op, Interrupt | Shutdown):
+            self.ctx.cancel.set()  # reach a running turn at once, not after it ends
+        self._ops.put(op)
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._closed.wait(timeout)
+
+    # -- worker ------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._open()
+            while self._serve_one():
+                pass
+        except Exception as e:  # the loop's own failure: tell the front end, keep the trace
+            log.warning("session failed", exc_info=True)
+            self._events.put(Error(f"{type(e).__name__}: {e}", fatal=True))
+        finally:
+            self._close()
+
+    def _serve_one(self) -> bool:
+        op = self._pending.pop(0) if self._pending else self._ops.get()
+        if isinstance(op, Shutdown):
+            return False
+        if isinstance(op, UserInput):
+            self.turn += 1
+            self._checkpoint()
+            result = self.loop.run_turn(self.turn, op.text)
+            if self.store:
+                self.store.set_status(self.session_id, "active")
+            return not (result.status == "interrupted" and self._shutdown_requested())
+        return True  # a stray approval or interrupt between turns
+
+    def _shutdown_requested(self) -> bool:
+        return any(isinstance(op, Shutdown) for op in self._pending)
+
+    def _open(self) -> None:
+        schemas = [t.schema() for t in self.tools]
+        restore = self._restore_state() if self.resume_id else None
+        conv = self.backend.conversation(schemas, restore=restore)
+        if restore is None:
+            self._start_new(conv, schemas)
+        recorder = StoreRecorder(self.store, self.session_id) if self.store else NullRecorder()
+        self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
+                              self._approve, recorder, self.options.loop,
+                              self.backend.context_window)
+        self._events.put(SessionStarted(self.session_id, self.backend.name,
+                                        str(self.workspace.root), restore is not None,
+                                        self.backend.context_window))
+
+    def _start_new(self, conv, schemas) -> None:
+        if self.store:
+            info = self.store.create_session(str(self.workspace.root), self.backend.name,
+                                             self.backend.fingerprint, self.options.title)
+            self.session_id = info.id
+        budget = int(self.backend.context_window * self.options.snapshot_fraction)
+        self._events.put(Progress("ingest", 0, 0, "files"))
+        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget)
+        for entry in snapshot.included:  # the model has seen these: edits need no re-read
+            path = self.workspace.root / entry.path
+            self.ctx.files.record(path.resolve(), path.read_bytes())
+        system = system_message(schemas, snapshot, self.backend.template_supports_tools())
+        appended = conv.append([system], generation_prompt=False)
+        conv.carried = appended
+        self._events.put(Progress("ingest", snapshot.tokens, snapshot.tokens, "tokens"))
+        if self.store:
+            self.store.append_event(self.session_id, 0, "message", system)
+            self.store.append_event(self.session_id, 0, "note", {"text": snapshot.report()})
+            self.store.append_tokens(self.session_id, 0, "system", appended.ids, appended.text)
+
+    def _restore_state(self) -> dict[str, Any]:
+        info = self.store.get(self.resume_id)
+        self.session_id = info.id
+        self.turn = info.turn_count
+        segments = self.store.segments(self.session_id)
+        messages = [e.payload for e in self.store.events(self.session_id) if e.kind == "message"]
+        text = "".join(s.text or "" for s in segments)
+        tokens = self.store.token_log(self.session_id)
+        self._events.put(Progress("restore", 0, len(tokens), "tokens"))
+        return {"messages": messages, "text": text, "tokens": tokens}
+
+    def _checkpoint(self) -> None:
+        if not self.store:
+            return
+        try:
+            from agent.checkpoint import create_checkpoint
+
+            sha = create_checkpoint(self.workspace.root, self.session_id, self.turn)
+            self.store.add_checkpoint(self.session_id, self.turn, sha)
+        except Exception as e:  # a repository without git still gets an agent
+            log.info("no checkpoint for turn %d: %s", self.turn, e)
+
+    def _approve(self, request: ApprovalRequested) -> ApprovalDecision:
+        """Ask the front end and wait; other input is queued, an interrupt denies."""
+        self._events.put(request)
+        while True:
+            op = self._ops.get()
+            if isinstance(op, ApprovalDecision) and op.call_id == request.call_id:
+                return op
+            if isinstance(op, Interrupt | Shutdown):
+                if isinstance(op, Shutdown):
+                    self._pending.append(op)
+                return ApprovalDecision(request.call_id, "deny")
+            if isinstance(op, UserInput):
+                self._pending.append(op)
+
+    def _close(self) -> None:
+        try:
+            for tool in self.tools:
+                tool.close()
+            flush = getattr(getattr(self.backend, "model", None), "flush", None)
+            if flush:
+                flush()
+            if self.store and self.session_id:
+                self.store.set_status(self.session_id, "finished")
+        except Exception:
+            log.warning("session close failed", exc_info=True)
+        self._closed.set()

@@ -4,6 +4,8 @@ Files:
 - common.py: shared flags, output helpers, the error-to-exit-code policy.
 - generate.py: `agent generate`, raw generation for scripts and benchmarks.
 - models.py: `agent models list|pull`.
+- run.py: `agent run`, a headless session.
+- render.py: headless output (text, json, stream-json).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import common, generate, models
+from agent.cli import common, generate, models, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (generate, models):
+    for module in (run, generate, models):
         module.register(sub)
     return parser
 

@@ -1,0 +1,105 @@
+"""`agent run`: a headless agent session on a repository, for people and for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_TURN_LIMIT,
+    UsageError,
+    add_model_flags,
+    apply_dirs,
+    err,
+    out,
+    out_json,
+)
+
+MODES = ["read-only", "ask", "accept-edits", "auto"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run the agent on a task without the TUI",
+        description="Run one task headless. Tool calls that would need approval are denied "
+        "(there is nobody to ask): widen with --permission-mode auto or --allow RULE.",
+    )
+    p.add_argument("task", nargs="?", help="what to do ('-': read it from stdin)")
+    p.add_argument("--repo", default=".", help="repository root (default: .)")
+    add_model_flags(p)
+    add_session_flags(p)
+    p.add_argument("--max-turns", type=int, default=12,
+                   help="model calls allowed for this task (exit 3 when reached)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
+    p.add_argument("--permission-mode", choices=MODES, default="accept-edits")
+    p.add_argument("--allow", action="append", default=[], metavar="RULE",
+                   help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
+    p.add_argument("--deny", action="append", default=[], metavar="RULE",
+                   help="deny rule, e.g. 'shell(rm *)' (repeatable)")
+    p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
+    p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the most recent session of this repository")
+    p.set_defaults(func=run)
+
+
+def add_session_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="session store (env AGENT_DATA_DIR)")
+
+
+def open_store():
+    from memory.store import SessionStore
+    from runtime import settings
+
+    return SessionStore(settings.data_dir())
+
+
+def resolve_resume(store, args: argparse.Namespace, repo: Path) -> str | None:
+    if args.resume:
+        return store.get(args.resume).id
+    if args.cont:
+        latest = store.latest(str(repo))
+        if latest is None:
+            raise UsageError(f"no earlier session for {repo}; start one without --continue")
+        return latest.id
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.backends import open_backend
+    from agent.backends.base import GenParams
+    from agent.loop import LoopConfig
+    from agent.session import AgentSession, SessionOptions
+
+    task = sys.stdin.read() if args.task == "-" else args.task
+    if not task:
+        raise UsageError("give a task: agent run --repo . \"fix the failing test\"")
+    repo = Path(args.repo).resolve()
+    if not repo.is_dir():
+        raise UsageError(f"--repo {args.repo} is not a directory")
+    apply_dirs(args)
+    store = open_store()
+    resume = resolve_resume(store, args, repo)
+    backend = open_backend(args.model, dtype=args.dtype, device=args.device,
+                           progress=sys.stderr.isatty())
+    options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
+                             deny=args.deny, title=task[:80],
+                             loop=LoopConfig(max_steps=args.max_turns,
+                                             gen=GenParams(max_tokens=args.max_tokens)))
+    session = AgentSession(backend, repo, store, resume_id=resume, options=options)
+    from agent.events import Shutdown, UserInput
+
+    session.submit(UserInput(task))
+    session.submit(Shutdown())
+    return _consume(session, args.output_format)
+
+
+def _consume(session, fmt: str) -> int:
+    from agent.cli.render import HeadlessRenderer
+
+    renderer = HeadlessRenderer(session, fmt, out=out, out_json=out_json, err=err)
+    status = renderer.drain()
+    return {"done": EXIT_OK, "turn_limit": EXIT_TURN_LIMIT}.get(status, EXIT_ERROR)

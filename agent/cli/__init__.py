@@ -5,6 +5,7 @@ Files:
 - generate.py: `agent generate`, raw generation for scripts and benchmarks.
 - models.py: `agent models list|pull`.
 - run.py: `agent run`, a headless session.
+- sessions.py: `agent sessions list|show|delete|export` and `agent rewind`.
 - render.py: headless output (text, json, stream-json).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import common, generate, models, run
+from agent.cli import common, generate, models, run, sessions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, generate, models):
+    for module in (run, sessions, generate, models):
         module.register(sub)
     return parser
 

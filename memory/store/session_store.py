@@ -1,0 +1,511 @@
+"""SessionStore: sessions, their event log, token log and checkpoints in `<data_dir>/sessions.db`.
+
+One writer: every write takes the store's lock and runs in its own short BEGIN IMMEDIATE
+transaction, so an acknowledged append is on disk (see db.py for what survives what) and a crash
+loses at most the append in flight. Readers (this process or others) never block on it: WAL gives
+each read transaction a consistent snapshot.
+
+Rewind keeps the event log append-only: `truncate_to_turn(t)` appends a `rewind` event, and every
+earlier event of a turn after `t` reads as superseded from then on (computed, never updated in
+place). The token log is the session's current context rather than its history, so its segments
+after `t` are deleted, as are the checkpoints after `t`; the superseded events keep the record of
+what was said.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Connection,
+    Select,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+
+from memory.store import records
+from memory.store.db import (
+    AmbiguousSessionId,
+    SessionNotFound,
+    StoreError,
+    Synchronous,
+    make_engine,
+    prepare_data_dir,
+    translated_errors,
+)
+from memory.store.migrations import migrate
+from memory.store.records import Checkpoint, Event, Segment, SessionInfo, utc_now
+from memory.store.schema import (
+    FORK,
+    REWIND,
+    SEGMENT_KINDS,
+    SESSION_STATUSES,
+    STORE_EVENT_KINDS,
+    checkpoints,
+    events,
+    sessions,
+    token_segments,
+)
+
+EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
+LIST_HINT = "`agent sessions list` shows the ids"
+
+
+class SessionStore:
+    """The session database. Thread-safe; one instance per process should do all the writing.
+
+    Methods taking `session_id` want a full id; `get` also resolves a unique prefix. Unknown ids
+    raise SessionNotFound; malformed arguments raise ValueError; other StoreErrors carry a one-line
+    message that names the fix.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        synchronous: Synchronous = "NORMAL",
+    ) -> None:
+        """Open (with `create`, making the directory if needed) and migrate the database."""
+        self.path: Path = prepare_data_dir(data_dir, create)
+        self._engine = make_engine(self.path, synchronous)
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            with translated_errors(self.path):
+                self.applied_migrations = migrate(self._engine, self.path)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], **options: Any) -> SessionStore:
+        """Same as the constructor; reads better at call sites."""
+        return cls(data_dir, **options)
+
+    def close(self) -> None:
+        """Release the connections (SQLite checkpoints the WAL when the last one closes)."""
+        self._closed = True
+        self._engine.dispose()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        assert not self._closed, "the session store is closed"
+        with translated_errors(self.path), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        assert not self._closed, "the session store is closed"
+        with (
+            self._lock,
+            translated_errors(self.path),
+            self._engine.connect().execution_options(sqlite_write=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    # ---- sessions -----------------------------------------------------------------------
+
+    def create_session(
+        self,
+        repo_root: str | os.PathLike[str],
+        model: str,
+        model_fingerprint: str,
+        title: str | None = None,
+        parent_id: str | None = None,
+    ) -> SessionInfo:
+        """Start an active session on `repo_root` (stored resolved) at turn 0."""
+        with self._write() as conn:
+            if parent_id is not None:
+                _turn_count(conn, parent_id)
+            session_id = _insert_session(
+                conn,
+                repo_root=records.normalize_repo_root(repo_root),
+                model=model,
+                model_fingerprint=model_fingerprint,
+                title=title,
+                parent_id=parent_id,
+                turn_count=0,
+            )
+        return self.get(session_id)
+
+    def get(self, session_id: str) -> SessionInfo:
+        """The session with this id or unique id prefix."""
+        with self._read() as conn:
+            full_id = _resolve(conn, session_id)
+            return records.session_info(conn.execute(_info_query().where(_is(full_id))).one())
+
+    def latest(self, repo_root: str | os.PathLike[str] | None = None) -> SessionInfo | None:
+        """The most recently active session (on `repo_root` if given), for `--continue`."""
+        found = self.list_sessions(repo_root, limit=1)
+        return found[0] if found else None
+
+    def list_sessions(
+        self, repo_root: str | os.PathLike[str] | None = None, limit: int = 50
+    ) -> list[SessionInfo]:
+        """Sessions by last activity, newest first, with their summaries."""
+        query = _info_query().order_by(sessions.c.updated_at.desc(), sessions.c.id.desc())
+        if repo_root is not None:
+            query = query.where(sessions.c.repo_root == records.normalize_repo_root(repo_root))
+        with self._read() as conn:
+            return [records.session_info(row) for row in conn.execute(query.limit(limit))]
+
+    def set_status(self, session_id: str, status: str) -> None:
+        """Mark the session active, finished, interrupted or error."""
+        if status not in SESSION_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(SESSION_STATUSES)}, not {status!r}")
+        self._update_session(session_id, status=status)
+
+    def set_title(self, session_id: str, title: str | None) -> None:
+        """Name the session (None clears the title)."""
+        self._update_session(session_id, title=title)
+
+    def delete(self, session_id: str) -> None:
+        """Delete the session with its events, tokens and checkpoints; its forks lose the link."""
+        with self._write() as conn:
+            if conn.execute(delete(sessions).where(_is(session_id))).rowcount == 0:
+                raise _not_found(session_id)
+
+    def _update_session(self, session_id: str, **values: Any) -> None:
+        with self._write() as conn:
+            done = conn.execute(
+                update(sessions).where(_is(session_id)).values(updated_at=utc_now(), **values)
+            )
+            if done.rowcount == 0:
+                raise _not_found(session_id)
+
+    # ---- the event log ------------------------------------------------------------------
+
+    def append_event(self, session_id: str, turn: int, kind: str, payload: dict[str, Any]) -> int:
+        """Append one event at `turn` (not before the session's current turn); return its id.
+
+        The event is committed when this returns.
+        """
+        if not EVENT_KIND_RE.fullmatch(kind) or kind in STORE_EVENT_KINDS:
+            raise ValueError(
+                f"event kind {kind!r} must be a lowercase identifier other than "
+                f"{', '.join(STORE_EVENT_KINDS)} (those are the store's own)"
+            )
+        text = records.dump_payload(payload)
+        _check_turn(turn)
+        with self._write() as conn:
+            _advance_turn(conn, session_id, turn)
+            return _insert_event(conn, session_id, turn, kind, text)
+
+    def events(
+        self, session_id: str, since: int | None = None, include_superseded: bool = False
+    ) -> list[Event]:
+        """The session's events in order; `since` an event id gives only the later ones."""
+        e = events.alias("e")
+        superseded = _superseded(e).label("superseded")
+        query = select(e, superseded).where(e.c.session_id == session_id).order_by(e.c.id)
+        if since is not None:
+            query = query.where(e.c.id > since)
+        if not include_superseded:
+            query = query.where(~_superseded(e))
+        with self._read() as conn:
+            _turn_count(conn, session_id)
+            return [records.event(row) for row in conn.execute(query)]
+
+    # ---- the token log ------------------------------------------------------------------
+
+    def append_tokens(
+        self,
+        session_id: str,
+        turn: int,
+        kind: str,
+        ids: Sequence[int] | np.ndarray,
+        text: str | None = None,
+    ) -> int:
+        """Append a segment of token ids at `turn`; return its index in the log."""
+        if kind not in SEGMENT_KINDS:
+            raise ValueError(f"segment kind must be one of {', '.join(SEGMENT_KINDS)}: {kind!r}")
+        _check_turn(turn)
+        blob = records.encode_tokens(ids)
+        with self._write() as conn:
+            _advance_turn(conn, session_id, turn)
+            index = _next(conn, token_segments.c.idx, token_segments.c.session_id == session_id)
+            conn.execute(
+                insert(token_segments).values(
+                    session_id=session_id,
+                    idx=index,
+                    turn=turn,
+                    kind=kind,
+                    n_tokens=len(blob) // 4,
+                    tokens=blob,
+                    text=text,
+                    created_at=utc_now(),
+                )
+            )
+            return index
+
+    def token_array(self, session_id: str) -> np.ndarray:
+        """The whole token log as one read-only int32 array (no per-token Python work)."""
+        query = (
+            select(token_segments.c.tokens, token_segments.c.n_tokens)
+            .where(token_segments.c.session_id == session_id)
+            .order_by(token_segments.c.idx)
+        )
+        with self._read() as conn:
+            _turn_count(conn, session_id)
+            rows = conn.execute(query).all()
+        return records.decode_tokens([r.tokens for r in rows], sum(r.n_tokens for r in rows))
+
+    def token_log(self, session_id: str) -> list[int]:
+        """The whole token log, the concatenation of its segments, as a list of ids."""
+        return self.token_array(session_id).tolist()
+
+    def segments(self, session_id: str, with_ids: bool = True) -> list[Segment]:
+        """The token log's segments in order (without their ids unless `with_ids`)."""
+        columns = [c for c in token_segments.c if with_ids or c.name != "tokens"]
+        query = (
+            select(*columns)
+            .where(token_segments.c.session_id == session_id)
+            .order_by(token_segments.c.idx)
+        )
+        with self._read() as conn:
+            _turn_count(conn, session_id)
+            return [records.segment(row, with_ids) for row in conn.execute(query)]
+
+    # ---- rewind, fork, checkpoints ------------------------------------------------------
+
+    def truncate_to_turn(self, session_id: str, turn: int) -> int:
+        """Rewind to the end of `turn`: later events become superseded, later token segments
+        and checkpoints are deleted. Returns the token log's new length."""
+        _check_turn(turn)
+        with self._write() as conn:
+            current = _turn_count(conn, session_id)
+            if turn > current:
+                raise StoreError(
+                    f"cannot rewind session {session_id} to turn {turn}: it is at turn {current}"
+                )
+            if turn < current:
+                _rewind(conn, session_id, turn, current)
+            return _n_tokens(conn, session_id)
+
+    def fork(self, session_id: str, at_turn: int | None = None) -> SessionInfo:
+        """A new session (child of this one) holding this one's live log up to `at_turn`."""
+        with self._write() as conn:
+            parent = conn.execute(select(sessions).where(_is(session_id))).first()
+            if parent is None:
+                raise _not_found(session_id)
+            turn = parent.turn_count if at_turn is None else at_turn
+            if not 0 <= turn <= parent.turn_count:
+                raise StoreError(
+                    f"cannot fork session {session_id} at turn {turn}: "
+                    f"its turns are 0..{parent.turn_count}"
+                )
+            child_id = _insert_session(
+                conn,
+                repo_root=parent.repo_root,
+                model=parent.model,
+                model_fingerprint=parent.model_fingerprint,
+                title=parent.title,
+                parent_id=session_id,
+                turn_count=turn,
+            )
+            _copy_log(conn, session_id, child_id, turn)
+            payload = records.dump_payload({"parent_id": session_id, "at_turn": turn})
+            _insert_event(conn, child_id, turn, FORK, payload)
+        return self.get(child_id)
+
+    def add_checkpoint(
+        self, session_id: str, turn: int, commit_sha: str, ref: str | None = None
+    ) -> Checkpoint:
+        """Record that the code at the end of `turn` is `commit_sha` (kept by `ref`, if any)."""
+        _check_turn(turn)
+        with self._write() as conn:
+            _turn_count(conn, session_id)
+            values = dict(session_id=session_id, turn=turn, commit_sha=commit_sha, ref=ref)
+            values["created_at"] = utc_now()
+            new_id = conn.execute(insert(checkpoints).values(**values)).inserted_primary_key[0]
+        return Checkpoint(id=new_id, **values)
+
+    def checkpoints(self, session_id: str) -> list[Checkpoint]:
+        """The session's checkpoints by turn (several per turn in the order recorded)."""
+        query = (
+            select(checkpoints)
+            .where(checkpoints.c.session_id == session_id)
+            .order_by(checkpoints.c.turn, checkpoints.c.id)
+        )
+        with self._read() as conn:
+            _turn_count(conn, session_id)
+            return [records.checkpoint(row) for row in conn.execute(query)]
+
+    # ---- whole sessions and the file ----------------------------------------------------
+
+    def export(self, session_id: str) -> dict[str, Any]:
+        """The session as JSON-able data: session, events (superseded ones flagged), segments
+        as id lists, checkpoints."""
+        from memory.store.export import export_session
+
+        return export_session(self, session_id)
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity and foreign-key checks: the problems found ([] when sound)."""
+        with self._read() as conn:
+            problems = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+            problems = [p for p in problems if p != "ok"]
+            for row in conn.exec_driver_sql("PRAGMA foreign_key_check"):
+                problems.append(f"foreign key violation: {tuple(row)}")
+        return problems
+
+
+# ---- helpers, each run inside the caller's transaction ----------------------------------
+
+
+def _is(session_id: str):  # noqa: ANN202 - a SQLAlchemy boolean clause
+    return sessions.c.id == session_id
+
+
+def _not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"no session {session_id!r}; {LIST_HINT}")
+
+
+def _check_turn(turn: int) -> None:
+    if not isinstance(turn, int) or turn < 0:
+        raise ValueError(f"turn must be a non-negative int, not {turn!r}")
+
+
+def _turn_count(conn: Connection, session_id: str) -> int:
+    """The session's current turn; raises SessionNotFound if there is no such session."""
+    found = conn.execute(select(sessions.c.turn_count).where(_is(session_id))).scalar()
+    if found is None:
+        raise _not_found(session_id)
+    return found
+
+
+def _advance_turn(conn: Connection, session_id: str, turn: int) -> None:
+    """Move the session to `turn` and mark it active now; the past is closed to appends."""
+    current = _turn_count(conn, session_id)
+    if turn < current:
+        raise StoreError(
+            f"session {session_id} is at turn {current}, so turn {turn} is closed: the log is "
+            "append-only (rewind with truncate_to_turn first)"
+        )
+    _set_turn(conn, session_id, turn)
+
+
+def _set_turn(conn: Connection, session_id: str, turn: int) -> None:
+    values = dict(turn_count=turn, updated_at=utc_now())
+    conn.execute(update(sessions).where(_is(session_id)).values(**values))
+
+
+def _next(conn: Connection, column: Any, *where: Any) -> int:
+    """One past the largest `column` among the rows matching `where` (0 if none)."""
+    return conn.execute(select(func.coalesce(func.max(column) + 1, 0)).where(*where)).scalar_one()
+
+
+def _insert_event(conn: Connection, session_id: str, turn: int, kind: str, payload: str) -> int:
+    seq = _next(conn, events.c.seq, events.c.session_id == session_id, events.c.turn == turn)
+    values = dict(session_id=session_id, turn=turn, seq=seq, kind=kind, payload=payload)
+    done = conn.execute(insert(events).values(created_at=utc_now(), **values))
+    return done.inserted_primary_key[0]
+
+
+def _insert_session(conn: Connection, **values: Any) -> str:
+    now = utc_now()
+    session_id = records.new_session_id(now)
+    # Ids are unique to the second only by their random tail; we hold the write lock, so
+    # checking first is race-free.
+    while conn.execute(select(sessions.c.id).where(_is(session_id))).first() is not None:
+        session_id = records.new_session_id(now)
+    conn.execute(
+        insert(sessions).values(
+            id=session_id, status="active", created_at=now, updated_at=now, **values
+        )
+    )
+    return session_id
+
+
+def _info_query() -> Select[Any]:
+    n_tokens = (
+        select(func.coalesce(func.sum(token_segments.c.n_tokens), 0))
+        .where(token_segments.c.session_id == sessions.c.id)
+        .scalar_subquery()
+    )
+    return select(*sessions.c, n_tokens.label("n_tokens"))
+
+
+def _resolve(conn: Connection, prefix: str) -> str:
+    """The one session id equal to or starting with `prefix`."""
+    prefix = prefix.strip()
+    if conn.execute(select(sessions.c.id).where(_is(prefix))).first() is not None:
+        return prefix
+    matching = select(sessions.c.id).where(sessions.c.id.startswith(prefix, autoescape=True))
+    found = [] if not prefix else list(conn.execute(matching.limit(4)).scalars())
+    if not found:
+        raise SessionNotFound(f"no session id starts with {prefix!r}; {LIST_HINT}")
+    if len(found) > 1:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise AmbiguousSessionId(
+            f"session id {prefix!r} is ambiguous ({shown}); give more of the id"
+        )
+    return found[0]
+
+
+def _superseded(e: Any):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
+    """True for an event that a later rewind, to an earlier turn, went back over."""
+    r = events.alias("r")
+    return exists().where(
+        r.c.session_id == e.c.session_id,
+        r.c.kind == REWIND,
+        r.c.id > e.c.id,
+        r.c.turn < e.c.turn,
+    )
+
+
+def _n_tokens(conn: Connection, session_id: str) -> int:
+    where = token_segments.c.session_id == session_id
+    return conn.execute(
+        select(func.coalesce(func.sum(token_segments.c.n_tokens), 0)).where(where)
+    ).scalar_one()
+
+
+def _rewind(conn: Connection, session_id: str, turn: int, current: int) -> None:
+    _set_turn(conn, session_id, turn)
+    payload = records.dump_payload({"to_turn": turn, "from_turn": current})
+    _insert_event(conn, session_id, turn, REWIND, payload)
+    for table in (token_segments, checkpoints):
+        conn.execute(delete(table).where(table.c.session_id == session_id, table.c.turn > turn))
+
+
+def _copy_log(conn: Connection, source: str, target: str, turn: int) -> None:
+    """Copy the live events, the token segments and the checkpoints up to `turn`, in SQL."""
+    e = events.alias("e")
+    copied = ["turn", "seq", "kind", "payload", "created_at"]
+    live = (
+        select(literal(target), *(e.c[name] for name in copied))
+        .where(e.c.session_id == source, e.c.turn <= turn, ~_superseded(e))
+        .order_by(e.c.id)
+    )
+    conn.execute(insert(events).from_select(["session_id", *copied], live))
+    for table, order in ((token_segments, token_segments.c.idx), (checkpoints, checkpoints.c.id)):
+        names = [c.name for c in table.c if c.name not in ("session_id", "id")]
+        rows = (
+            select(literal(target), *(table.c[n] for n in names))
+            .where(table.c.session_id == source, table.c.turn <= turn)
+            .order_by(order)
+        )
+        conn.execute(insert(table).from_select(["session_id", *names], rows))

@@ -1,0 +1,104 @@
+"""Where settings come from: flags, then `AGENT_*` environment variables, then the config file.
+
+This is the one module that reads environment variables. Precedence, highest first:
+
+1. a flag value passed to `resolve()` (or handed over once by the CLI through `override()`),
+2. the environment: `AGENT_MODEL`, `AGENT_CACHE_DIR`, `AGENT_DATA_DIR`, `AGENT_CONFIG_DIR`,
+3. `config.toml` in the config directory (keys `model`, `cache_dir`, `data_dir`),
+4. the defaults: "smollm2" and the platform's user cache / data / config directories.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP_NAME = "resident-agent"
+ENV_PREFIX = "AGENT_"
+CONFIG_FILE = "config.toml"
+DEFAULT_MODEL = "smollm2"
+CONFIG_KEYS = ("model", "cache_dir", "data_dir")
+
+log = logging.getLogger(__name__)
+
+# Flag values the CLI hands over once per process (mutated in place, never rebound).
+_overrides: dict[str, str] = {}
+
+
+def override(**values: str | Path | None) -> None:
+    """Record flag values for this process; None leaves a setting to the env / file / default."""
+    for name, value in values.items():
+        if value is not None:
+            _overrides[name] = str(value)
+
+
+def clear_overrides() -> None:
+    """Forget every `override()` (tests use it to restore the defaults)."""
+    _overrides.clear()
+
+
+def resolve(name: str, flag_value: str | Path | None = None) -> str | None:
+    """A setting's value by precedence: flag > override > `AGENT_<NAME>` > config file > None."""
+    if flag_value is not None:
+        return str(flag_value)
+    if name in _overrides:
+        return _overrides[name]
+    env = os.environ.get(ENV_PREFIX + name.upper())
+    if env:
+        return env
+    value = read_config_file().get(name)
+    return None if value is None else str(value)
+
+
+def config_dir() -> Path:
+    """The directory holding `config.toml` (`AGENT_CONFIG_DIR` or the platform's config dir)."""
+    env = os.environ.get(ENV_PREFIX + "CONFIG_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def cache_dir(flag_value: str | Path | None = None) -> Path:
+    """Models and KV page files live here."""
+    value = resolve("cache_dir", flag_value)
+    return Path(value).expanduser() if value else Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def data_dir(flag_value: str | Path | None = None) -> Path:
+    """The session store lives here."""
+    value = resolve("data_dir", flag_value)
+    return Path(value).expanduser() if value else Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def default_model(flag_value: str | None = None) -> str:
+    """The model spec used when none is given: 'smollm2' (the embedded model) unless set."""
+    return resolve("model", flag_value) or DEFAULT_MODEL
+
+
+def read_config_file() -> dict[str, Any]:
+    """The known keys of `config.toml`; {} when absent. Raises ValueError when it is malformed."""
+    path = config_dir() / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    data = _parse_toml(text, path)
+    for key in set(data) - set(CONFIG_KEYS):
+        log.warning("ignoring unknown key %r in %s (known: %s)", key, path, ", ".join(CONFIG_KEYS))
+    for key in CONFIG_KEYS:
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"{path}: `{key}` must be a string; fix or remove it")
+    return {k: data[k] for k in CONFIG_KEYS if k in data}
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML ({e}); fix or delete it") from e

@@ -1,0 +1,199 @@
+"""Checkpoints of the whole worktree, one per turn, kept as git commits under a private ref.
+
+`create` snapshots every tracked and untracked-but-not-ignored file, whoever changed it (edit
+tools or shell commands). It works in a temporary index (`GIT_INDEX_FILE`): a copy of the user's
+index (so unchanged files are not hashed again, and tracked files that match .gitignore are kept),
+then `git add -A`, `git write-tree`, `git commit-tree` with HEAD (if any) as parent, and
+`git update-ref refs/agent/checkpoints/<session>/<turn>`. The user's index, HEAD, branches and stash
+are never written; the refs keep the objects alive until `delete`.
+
+`restore` makes the worktree match a checkpoint exactly:
+- files that differ from the checkpoint are rewritten (content, executable bit, symlinks);
+- files that exist now but not in the checkpoint are deleted (then empty parent directories);
+- ignored files are not touched, except a path the checkpoint holds that is ignored now, which is
+  overwritten with the checkpoint's content;
+- submodules (gitlinks) are left alone;
+- HEAD, branches and the user's index are not changed at all: staged content stays staged, so
+  afterwards `git diff` shows the restored worktree against what was staged, and
+  `git diff --cached` is what it was before.
+Restoring is not undoable by itself: `create` a checkpoint first to be able to come back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REF_PREFIX = "refs/agent/checkpoints"
+_SESSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# commit-tree needs an identity; a checkpoint must not depend on the user having configured one
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "agent checkpoint",
+    "GIT_AUTHOR_EMAIL": "agent@localhost",
+    "GIT_COMMITTER_NAME": "agent checkpoint",
+    "GIT_COMMITTER_EMAIL": "agent@localhost",
+}
+_GITLINK = "160000"
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be made, found or restored; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One snapshot: the commit that holds the worktree's tree at the start of a turn."""
+
+    session: str
+    turn: int
+    commit: str
+
+    @property
+    def ref(self) -> str:
+        return f"{REF_PREFIX}/{self.session}/{self.turn}"
+
+
+class Checkpoints:
+    """The checkpoints of one session in the git repository that contains `root`."""
+
+    def __init__(self, root: str | Path, session: str) -> None:
+        if not _SESSION.match(session) or ".." in session or session.endswith(".lock"):
+            raise CheckpointError(f"bad session id {session!r} for a checkpoint ref")
+        self.session = session
+        self.root = Path(self._toplevel(root))
+
+    def create(self, turn: int) -> Checkpoint:
+        """Snapshot the worktree as the checkpoint of `turn` (replacing one of the same turn)."""
+        if turn < 0:
+            raise CheckpointError(f"turn must be >= 0, got {turn}")
+        with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
+            tree = self._snapshot_tree(Path(tmp) / "index")
+        parent = self._head()
+        cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{turn}"]
+        commit = self._git(*cmd, *(["-p", parent] if parent else []), env=_IDENTITY).strip()
+        checkpoint = Checkpoint(self.session, turn, commit)
+        self._git("update-ref", checkpoint.ref, commit)
+        return checkpoint
+
+    def get(self, turn: int) -> Checkpoint:
+        """The checkpoint of `turn`; CheckpointError if there is none."""
+        for checkpoint in self.list():
+            if checkpoint.turn == turn:
+                return checkpoint
+        raise CheckpointError(f"no checkpoint for turn {turn} in session {self.session}")
+
+    def list(self) -> list[Checkpoint]:
+        """This session's checkpoints, oldest turn first."""
+        out = self._git(
+            "for-each-ref", "--format=%(refname) %(objectname)", f"{REF_PREFIX}/{self.session}/"
+        )
+        found = []
+        for line in out.splitlines():
+            ref, commit = line.split(" ")
+            turn = ref.rsplit("/", 1)[1]
+            if turn.isdigit():
+                found.append(Checkpoint(self.session, int(turn), commit))
+        return sorted(found, key=lambda c: c.turn)
+
+    def delete(self, turn: int | None = None) -> int:
+        """Delete the checkpoint of `turn`, or all of the session's when None; how many went."""
+        doomed = [c for c in self.list() if turn is None or c.turn == turn]
+        if doomed:
+            script = "".join(f"delete {c.ref}\n" for c in doomed)
+            self._git("update-ref", "--stdin", stdin=script)
+        return len(doomed)
+
+    def restore(self, checkpoint: Checkpoint | int) -> list[str]:
+        """Make the worktree match `checkpoint` (see the module docstring); the paths changed."""
+        target = checkpoint if isinstance(checkpoint, Checkpoint) else self.get(checkpoint)
+        with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
+            now = self._snapshot_tree(Path(tmp) / "index")
+            deleted, written = self._changes(now, f"{target.commit}^{{tree}}")
+            self._remove(deleted)
+            self._checkout(f"{target.commit}^{{tree}}", written, Path(tmp) / "restore-index")
+        return sorted(deleted + written)
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _snapshot_tree(self, index: Path) -> str:
+        """The tree of the worktree as it is now, built in the temporary index `index`."""
+        user_index = Path(
+            self._git("rev-parse", "--path-format=absolute", "--git-path", "index").strip()
+        )
+        if user_index.exists():
+            shutil.copyfile(user_index, index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        self._git("add", "-A", "--", ".", env=env)
+        return self._git("write-tree", env=env).strip()
+
+    def _changes(self, now: str, target: str) -> tuple[list[str], list[str]]:
+        """Paths to delete and paths to write to go from tree `now` to tree `target`."""
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", now, target)
+        fields = out.split("\0")[:-1]  # every record ends with NUL
+        deleted, written = [], []
+        for header, path in zip(fields[0::2], fields[1::2], strict=True):
+            old_mode, new_mode, *_, status = header.lstrip(":").split(" ")
+            if _GITLINK in (old_mode, new_mode):
+                continue
+            (deleted if status == "D" else written).append(path)
+        return deleted, written
+
+    def _remove(self, paths: list[str]) -> None:
+        for rel in paths:
+            path = self.root / rel
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            self._prune_empty_parents(path.parent)
+
+    def _prune_empty_parents(self, directory: Path) -> None:
+        while directory != self.root and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+            directory = directory.parent
+
+    def _checkout(self, tree: str, paths: list[str], index: Path) -> None:
+        if not paths:
+            return
+        env = {"GIT_INDEX_FILE": str(index)}
+        self._git("read-tree", tree, env=env)
+        self._git(
+            "checkout-index", "-f", "-z", "--stdin", env=env, stdin="".join(p + "\0" for p in paths)
+        )
+
+    def _head(self) -> str | None:
+        done = self._run("rev-parse", "--verify", "-q", "HEAD^{commit}")
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def _toplevel(self, root: str | Path) -> str:
+        done = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise CheckpointError(
+                f"{root} is not in a git repository; checkpoints need one (run git init)"
+            )
+        return done.stdout.strip()
+
+    def _git(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+        done = self._run(*args, env=env, stdin=stdin)
+        if done.returncode != 0:
+            message = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise CheckpointError(f"git {args[0]} failed: {message}")
+        return done.stdout
+
+    def _run(
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args],
+            cwd=self.root,
+            input=stdin,
+            capture_output=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            env={**os.environ, **(env or {})},
+        )

@@ -1,0 +1,257 @@
+"""The tool contract: `Tool`, what it is given (`ToolContext`) and what it returns (`ToolResult`).
+
+`run_tool` is the only way the loop calls a tool: it validates the model's arguments and turns
+every failure into a `ToolResult(ok=False)` with a one-line message, so a bad call never crashes
+the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from agent.workspace import Workspace, WorkspaceError
+
+log = logging.getLogger(__name__)
+
+ToolKind = Literal["read", "edit", "exec"]
+
+# What the model sees of a long output (shell, git): about 30K chars, head and tail kept.
+MAX_TOOL_OUTPUT_CHARS = 30_000
+
+
+class ToolArgs(BaseModel):
+    """Base of every tool's `Args`: unknown arguments are errors the model sees, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def path_field(description: str, default: Any = ...) -> Any:
+    """A `path` argument that also accepts `file_path` (the name Claude-style models use)."""
+    return Field(
+        default, validation_alias=AliasChoices("path", "file_path"), description=description
+    )
+
+
+class ToolError(Exception):
+    """A failure the model can act on; its message becomes the tool result as is."""
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """What one tool call produced.
+
+    `content` is what the model sees, already cut to size. `full_output` is the uncut output when
+    it differs (kept for the UI and the store). `metadata` carries structured facts for front ends:
+    `diff` for edits, `exit_code` for commands, `path`/`paths` touched, `output_file` for spills.
+    """
+
+    ok: bool
+    content: str
+    full_output: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fail(cls, content: str, **metadata: Any) -> ToolResult:
+        """A failed call with a message for the model."""
+        return cls(ok=False, content=content, metadata=metadata)
+
+
+class FileState(NamedTuple):
+    """A file's content as the model last saw it."""
+
+    sha256: str
+    mtime_ns: int
+    size: int
+
+
+class FileStateTracker:
+    """Remembers, per real path, the content the model last saw through read, edit or write.
+
+    Edits and overwrites are refused unless the file was seen and is unchanged since: comparing
+    content hashes (not only mtimes) so a same-size change within the timestamp granularity is
+    still caught. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, FileState] = {}
+        self._lock = threading.Lock()
+
+    def record(self, path: Path, data: bytes) -> None:
+        """Note that the model now knows `path` holds `data`."""
+        mtime = path.stat().st_mtime_ns if path.exists() else 0
+        with self._lock:
+            self._seen[path] = FileState(_sha256(data), mtime, len(data))
+
+    def get(self, path: Path) -> FileState | None:
+        """The recorded state of `path`, or None if the model never saw it."""
+        with self._lock:
+            return self._seen.get(path)
+
+    def stale_reason(self, path: Path, current: bytes, shown: str) -> str | None:
+        """Why `path` may not be modified now (never read, or changed since), or None if it may."""
+        seen = self.get(path)
+        if seen is None:
+            return f"{shown} has not been read yet; read it first, then edit"
+        if seen.sha256 != _sha256(current):
+            return f"{shown} changed on disk since you last read it; read it again, then edit"
+        return None
+
+    def changed(self) -> list[Path]:
+        """Recorded files whose content differs now (or that are gone)."""
+        with self._lock:
+            items = list(self._seen.items())
+        return [p for p, s in items if not p.is_file() or _sha256(p.read_bytes()) != s.sha256]
+
+    def forget(self, path: Path) -> None:
+        """Drop what is known about `path` (e.g. after it was deleted)."""
+        with self._lock:
+            self._seen.pop(path, None)
+
+
+@dataclass
+class ToolContext:
+    """What a tool may use. One per session: the tracker must outlive turns.
+
+    The loop clears `cancel` when a turn starts and sets it on Interrupt; long-running tools
+    (shell, grep) check it and stop early.
+    """
+
+    workspace: Workspace
+    files: FileStateTracker = field(default_factory=FileStateTracker)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Tool(ABC):
+    """One tool the model can call.
+
+    Contract: subclasses set `name`, `description`, `Args` (a pydantic model of the arguments,
+    whose field descriptions reach the model), `kind` ("read" | "edit" | "exec", what permissions
+    gate) and `main_arg` (the argument permission rules match against). `run` gets validated
+    `Args` and the session's context; it returns a `ToolResult`, or raises ToolError /
+    WorkspaceError with a one-line message for the model. Paths must go through
+    `ctx.workspace.resolve`. `run` may be called from a worker thread; it must return promptly
+    once `ctx.cancel` is set. `close` releases what the tool holds at session end.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Args: ClassVar[type[BaseModel]]
+    kind: ClassVar[ToolKind]
+    main_arg: ClassVar[str | None] = None
+
+    @abstractmethod
+    def run(self, args: Any, ctx: ToolContext) -> ToolResult:
+        """Do the call; `args` is an instance of `self.Args`."""
+
+    def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
+        """The kind of this particular call (git status reads, git commit executes)."""
+        return self.kind
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI / Hermes function schema: stable, so it can sit in the cached prefix."""
+        params = _tidy_schema(self.Args.model_json_schema())
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
+
+    def close(self) -> None:
+        """Release processes or files the tool holds; called once when the session ends."""
+        return None  # most tools hold nothing
+
+
+def run_tool(tool: Tool, raw_args: Mapping[str, Any] | str | None, ctx: ToolContext) -> ToolResult:
+    """Validate `raw_args` and run `tool`; every failure becomes a ToolResult with ok=False."""
+    try:
+        args = tool.Args.model_validate(_as_mapping(raw_args))
+        return tool.run(args, ctx)
+    except ValidationError as e:
+        return ToolResult.fail(f"{tool.name}: bad arguments: {_validation_summary(e)}")
+    except (ToolError, WorkspaceError) as e:
+        return ToolResult.fail(str(e))
+    except Exception as e:  # a tool bug must not end the turn; keep the trace for us
+        log.warning("tool %s failed", tool.name, exc_info=True)
+        first = (str(e).strip().splitlines() or [""])[0]
+        return ToolResult.fail(f"{tool.name} failed: {type(e).__name__}: {first}")
+
+
+def clip_text(text: str, where: str | Path, limit: int = MAX_TOOL_OUTPUT_CHARS) -> str:
+    """`text` cut to about `limit` chars, head and tail kept, with a marker in the middle saying
+    how much was dropped and that the whole output is in the file `where`."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit // 2], text[-(limit // 2) :]
+    dropped = len(text) - len(head) - len(tail)
+    return (
+        f"{head}\n\n[... {dropped:,} chars omitted; the full output ({len(text):,} chars) is "
+        f"in {where}; read it with read(path, offset=...) ...]\n\n{tail}"
+    )
+
+
+def save_output(ctx: ToolContext, label: str, text: str) -> Path:
+    """Write `text` to a new file in the workspace's output directory."""
+    path = new_output_path(ctx, label)
+    path.write_text(text, encoding="utf-8", errors="replace")
+    return path
+
+
+def new_output_path(ctx: ToolContext, label: str) -> Path:
+    """A fresh file name in the workspace's output directory (created if missing)."""
+    out_dir = ctx.workspace.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / f"{label}-{uuid.uuid4().hex[:10]}.log"
+
+
+def _as_mapping(raw: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
+    # Some models send the arguments as a JSON string, or nothing for a no-argument call.
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ToolError(f"arguments are not valid JSON ({e.msg}); send a JSON object") from e
+    if not isinstance(raw, Mapping):
+        raise ToolError(f"arguments must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _validation_summary(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg'].lower()}")
+    return "; ".join(parts)
+
+
+def _tidy_schema(schema: Any) -> Any:
+    """Pydantic's schema made lean for the prompt: no "title" keys (they repeat the field names),
+    and `anyOf [X, null]` of an optional argument shown as plain X (leaving it out means null)."""
+    if isinstance(schema, list):
+        return [_tidy_schema(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    options = schema.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        rest = {
+            k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)
+        }
+        schema = {**next(o for o in options if o != {"type": "null"}), **rest}
+    return {
+        k: _tidy_schema(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,109 @@
+"""git: status, diff, log, show and commit through GitPython; never push, never amend."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import git
+from pydantic import Field
+
+from agent.tools.base import (
+    MAX_TOOL_OUTPUT_CHARS,
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolError,
+    ToolKind,
+    ToolResult,
+    clip_text,
+    save_output,
+)
+from agent.tools.shell import NONINTERACTIVE_ENV
+
+READ_SUBCOMMANDS = ("status", "diff", "log", "show")
+ALLOWED = (*READ_SUBCOMMANDS, "commit")
+GIT_TIMEOUT_S = 120
+# --output writes a file anywhere (outside the sandbox); the rest rewrite published history.
+FORBIDDEN_ARG_PREFIXES = ("--output", "--amend", "--fixup=amend", "--fixup=reword")
+# -m, -F, -C alone or in a cluster (-am), or their long forms
+_MESSAGE_ARG = re.compile(r"-[a-zA-Z]*[mFC]|--(message|file|reuse-message)(=|$)")
+
+
+class GitArgs(ToolArgs):
+    subcommand: str = Field(description="One of: " + ", ".join(ALLOWED) + ".")
+    args: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Further arguments, e.g. ['--stat'], ['-n', '5', '--oneline'], ['-a'] for commit."
+        ),
+    )
+    message: str | None = Field(None, description="The commit message (required for commit).")
+
+
+class GitTool(Tool):
+    """A narrow git: reading history and the worktree's state, and committing."""
+
+    name = "git"
+    description = (
+        "Run git status, diff, log, show or commit in the repository. commit needs a message "
+        "(and commits what is staged; add '-a' to args to include all tracked changes). "
+        "push and amend are not available."
+    )
+    Args = GitArgs
+    kind = "exec"
+    main_arg = "subcommand"
+
+    def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
+        """Reading subcommands are reads; commit changes the repository."""
+        return "read" if args.get("subcommand") in READ_SUBCOMMANDS else "exec"
+
+    def run(self, args: GitArgs, ctx: ToolContext) -> ToolResult:
+        sub = args.subcommand.strip()
+        argv = [sub, *_checked_args(sub, args)]
+        repo = _open_repo(ctx)
+        code, out, err = repo.git.execute(
+            ["git", "-c", "color.ui=never", *argv],
+            with_extended_output=True,
+            with_exceptions=False,
+            env=NONINTERACTIVE_ENV,
+            kill_after_timeout=GIT_TIMEOUT_S,
+        )
+        text = "\n".join(part for part in (out, err) if part) or "(no output)"
+        content, meta = text, {"exit_code": code, "subcommand": sub}
+        if len(text) > MAX_TOOL_OUTPUT_CHARS:
+            saved = save_output(ctx, f"git-{sub}", text)
+            content, meta["output_file"] = clip_text(text, saved), str(saved)
+        return ToolResult(code == 0, content, full_output=text, metadata=meta)
+
+
+def _checked_args(sub: str, args: GitArgs) -> list[str]:
+    if sub not in ALLOWED:
+        raise ToolError(
+            f"git {sub} is not available; use one of: {', '.join(ALLOWED)} "
+            "(or the shell tool for other read-only git commands)"
+        )
+    for arg in args.args:
+        if arg.startswith(FORBIDDEN_ARG_PREFIXES):
+            raise ToolError(f"git {sub} {arg} is not allowed")
+    if sub != "commit":
+        if args.message is not None:
+            raise ToolError("message is only for commit")
+        return list(args.args)
+    if args.message is not None:
+        return ["-m", args.message, *args.args]
+    if not any(_gives_message(a) for a in args.args):
+        raise ToolError("git commit needs a message: set the message argument")
+    return list(args.args)
+
+
+def _gives_message(arg: str) -> bool:
+    return _MESSAGE_ARG.match(arg) is not None
+
+
+def _open_repo(ctx: ToolContext) -> git.Repo:
+    try:
+        return git.Repo(ctx.workspace.root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+        raise ToolError(f"{ctx.workspace.root} is not a git repository") from e

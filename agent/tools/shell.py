@@ -1,0 +1,324 @@
+"""shell: bash commands in their own process group, with a timeout that kills the whole group.
+
+Output (stdout and stderr interleaved) is spooled to a file in the workspace's output directory,
+not a pipe: a child that keeps the pipe open cannot hang us, a background job's output can be read
+while it runs, and a long output stays retrievable after it was cut for the model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import Field
+
+from agent.tools.base import (
+    MAX_TOOL_OUTPUT_CHARS,
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolError,
+    ToolResult,
+    clip_text,
+    new_output_path,
+)
+
+DEFAULT_TIMEOUT_S = 120.0
+MAX_TIMEOUT_S = 600.0
+# A runaway command is stopped before it fills the disk.
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+POLL_S = 0.02
+
+# Nothing may wait for a human: no editor, pager, prompt or colour codes.
+NONINTERACTIVE_ENV = {
+    "GIT_EDITOR": "true",
+    "EDITOR": "true",
+    "VISUAL": "true",
+    "PAGER": "cat",
+    "GIT_PAGER": "cat",
+    "CI": "1",
+    "TERM": "dumb",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "GIT_TERMINAL_PROMPT": "0",
+    "NO_COLOR": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+class ShellArgs(ToolArgs):
+    command: str = Field(description="The bash command line, run at the repository root.")
+    timeout_s: float = Field(
+        DEFAULT_TIMEOUT_S,
+        gt=0,
+        description=(
+            f"Seconds before the command is killed (default {DEFAULT_TIMEOUT_S:.0f}, "
+            f"max {MAX_TIMEOUT_S:.0f})."
+        ),
+    )
+    background: bool = Field(
+        False,
+        description=(
+            "Start it and return at once with a job id (for servers and watchers); read its output "
+            "with shell_output."
+        ),
+    )
+
+
+@dataclass
+class Job:
+    """A background command; `read_upto` is how far shell_output has shown its output."""
+
+    id: int
+    command: str
+    proc: subprocess.Popen[bytes]
+    output: Path
+    read_upto: int = 0
+
+
+class JobTable:
+    """The session's background jobs, shared by shell (starts them) and shell_output.
+
+    `kill_grace_s` is how long a process group gets between SIGTERM and SIGKILL, for background
+    jobs and foreground commands alike.
+    """
+
+    def __init__(self, kill_grace_s: float = 2.0) -> None:
+        self.kill_grace_s = kill_grace_s
+        self._jobs: dict[int, Job] = {}
+        self._lock = threading.Lock()
+
+    def add(self, command: str, proc: subprocess.Popen[bytes], output: Path) -> Job:
+        """Register a started job under the next id."""
+        with self._lock:
+            job = Job(len(self._jobs) + 1, command, proc, output)
+            self._jobs[job.id] = job
+        return job
+
+    def get(self, job_id: int) -> Job:
+        """The job, or a ToolError naming the known ids."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            known = sorted(self._jobs)
+        if job is None:
+            raise ToolError(f"no background job {job_id}; known jobs: {known or 'none'}")
+        return job
+
+    def close(self) -> None:
+        """Kill every job's process group (session end)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            kill_group(job.proc, self.kill_grace_s)
+
+
+class Outcome(NamedTuple):
+    """How a foreground command ended: its exit code, and why we stopped it (if we did)."""
+
+    exit_code: int | None
+    stopped: str | None  # "timed out after N s" | "cancelled" | "output limit" | None
+    leftovers: bool  # processes it left running in its group were killed
+
+
+class ShellTool(Tool):
+    """Runs bash non-interactively at the repository root; see the module docstring."""
+
+    name = "shell"
+    description = (
+        "Run a bash command at the repository root and return its output (stdout and stderr "
+        f"together) and exit code. Nothing is interactive: stdin is empty, and editors and "
+        f"pagers are disabled. Default timeout {DEFAULT_TIMEOUT_S:.0f} s, max "
+        f"{MAX_TIMEOUT_S:.0f} s; on timeout the command and its children are killed. Processes "
+        "a command leaves running are stopped when it exits: use background=true for servers."
+    )
+    Args = ShellArgs
+    kind = "exec"
+    main_arg = "command"
+
+    def __init__(self, jobs: JobTable | None = None) -> None:
+        self.jobs = jobs or JobTable()
+
+    def run(self, args: ShellArgs, ctx: ToolContext) -> ToolResult:
+        out_path = new_output_path(ctx, "shell")
+        proc = spawn(args.command, ctx.workspace.root, out_path)
+        if args.background:
+            return self._started(self.jobs.add(args.command, proc, out_path))
+        timeout = min(args.timeout_s, MAX_TIMEOUT_S)
+        outcome = self._wait(proc, timeout, ctx.cancel, out_path)
+        notes = []
+        if args.timeout_s > MAX_TIMEOUT_S:
+            notes.append(f"timeout_s {args.timeout_s:g} is above the maximum; used {timeout:g} s")
+        return _result(outcome, read_output(out_path), out_path, notes)
+
+    def _wait(
+        self, proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event, out_path: Path
+    ) -> Outcome:
+        stopped = _watch(proc, timeout, cancel, out_path)
+        leftovers = stopped is None and group_alive(proc.pid)
+        if stopped or leftovers:
+            kill_group(proc, self.jobs.kill_grace_s)
+        return Outcome(proc.wait(), stopped, leftovers)
+
+    def _started(self, job: Job) -> ToolResult:
+        text = (
+            f"Started background job {job.id} (pid {job.proc.pid}). Read its output with "
+            f"shell_output(job_id={job.id}); it is also written to {job.output}."
+        )
+        meta = {"job_id": job.id, "pid": job.proc.pid, "output_file": str(job.output)}
+        return ToolResult(True, text, metadata=meta)
+
+    def close(self) -> None:
+        """Kill the background jobs."""
+        self.jobs.close()
+
+
+class ShellOutputArgs(ToolArgs):
+    job_id: int = Field(description="The id shell returned for a background command.")
+    kill: bool = Field(False, description="Stop the job (its whole process group) first.")
+
+
+class ShellOutputTool(Tool):
+    """Reads what a background job printed since the last look, and its status."""
+
+    name = "shell_output"
+    description = (
+        "Show the output a background shell job produced since the last shell_output call, "
+        "and whether it is still running. kill=true stops it first."
+    )
+    Args = ShellOutputArgs
+    kind = "read"
+    main_arg = "job_id"
+
+    def __init__(self, jobs: JobTable) -> None:
+        self.jobs = jobs
+
+    def run(self, args: ShellOutputArgs, ctx: ToolContext) -> ToolResult:
+        job = self.jobs.get(args.job_id)
+        if args.kill:
+            kill_group(job.proc, self.jobs.kill_grace_s)
+        text = read_output(job.output)
+        new, job.read_upto = text[job.read_upto :], len(text)
+        code = job.proc.poll()
+        status = "running" if code is None else _exit_text(code)
+        body = clip_text(new, job.output) if new else "(no new output)"
+        return ToolResult(
+            True,
+            f"{body}\n[job {job.id}: {status}]",
+            full_output=new,
+            metadata={"job_id": job.id, "exit_code": code},
+        )
+
+
+def spawn(command: str, cwd: Path, out_path: Path) -> subprocess.Popen[bytes]:
+    """Start `command` under bash in a new session (so its process group can be killed)."""
+    with open(out_path, "wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **NONINTERACTIVE_ENV},
+        )
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event, out_path: Path
+) -> str | None:
+    """Wait for the command; the reason to stop it early, or None once it exited by itself."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if cancel.wait(POLL_S):
+            return "cancelled"
+        if time.monotonic() > deadline:
+            return f"timed out after {timeout:g} s"
+        if out_path.stat().st_size > MAX_OUTPUT_BYTES:
+            return f"output passed {MAX_OUTPUT_BYTES // 2**20} MiB"
+    return None
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the process group led by `proc`, then SIGKILL whatever is left after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so it does not linger as a zombie
+            time.sleep(POLL_S)
+        if not group_alive(proc.pid):
+            break
+    proc.poll()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in the group `pgid`."""
+    if not os.path.isdir("/proc"):
+        return _group_signalable(pgid)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _proc_in_group(entry.name, pgid):
+            return True
+    return False
+
+
+def _proc_in_group(pid: str, pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # it exited while we looked
+    # the command name may hold spaces and parentheses: fields start after the last ')'
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid
+
+
+def _group_signalable(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_output(path: Path) -> str:
+    """A spooled output as text, without terminal escape sequences."""
+    return _ANSI.sub("", path.read_bytes().decode("utf-8", errors="replace"))
+
+
+def _result(outcome: Outcome, text: str, out_path: Path, notes: list[str]) -> ToolResult:
+    content = clip_text(text, out_path)
+    if len(text) <= MAX_TOOL_OUTPUT_CHARS:
+        out_path.unlink(missing_ok=True)  # nothing was cut: no need to keep the file
+    else:
+        out_path.write_text(text, encoding="utf-8")  # what the marker promises: clean text
+    if outcome.stopped:
+        notes.append(f"{outcome.stopped}: the command and its child processes were killed")
+    if outcome.leftovers:
+        notes.append("processes it left running were stopped; use background=true for those")
+    notes.append(_exit_text(outcome.exit_code))
+    meta = {
+        "exit_code": outcome.exit_code,
+        "stopped": outcome.stopped,
+        "output_file": str(out_path) if out_path.exists() else None,
+    }
+    ok = outcome.exit_code == 0 and not outcome.stopped
+    body = (content.rstrip("\n") or "(no output)") + "\n[" + "; ".join(notes) + "]"
+    return ToolResult(ok, body, full_output=text, metadata=meta)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}"

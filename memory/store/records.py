@@ -67,12 +67,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The code at the end of `turn`, as a git commit and optionally the ref that holds it."""
+    """The code as it stood at `turn` (the agent takes it as the turn starts), as a git commit
+    and optionally the ref that keeps it alive."""
 
     id: int
     session_id: str
     turn: int
-    commit_sha: str
+    commit: str
     ref: str | None
     created_at: datetime
 
@@ -102,10 +103,12 @@ def dump_payload(payload: dict[str, Any]) -> str:
 
 
 def encode_tokens(ids: Sequence[int] | np.ndarray) -> bytes:
-    """Token ids as a BLOB of little-endian int32; raises ValueError on empty or out-of-range."""
+    """Token ids as a BLOB of little-endian int32; raises ValueError if any is out of range."""
     array = np.asarray(ids)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"a token segment needs a non-empty flat list of ids, not {array.shape}")
+    if array.size == 0:
+        return b""  # a turn that produced nothing is still a fact worth keeping
+    if array.ndim != 1:
+        raise ValueError(f"a token segment needs a flat list of ids, not shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"token ids must be integers, got {array.dtype}")
     if int(array.min()) < 0 or int(array.max()) > INT32_MAX:
@@ -158,4 +161,12 @@ def segment(row: Row[Any], with_ids: bool) -> Segment:
 
 
 def checkpoint(row: Row[Any]) -> Checkpoint:
-    return Checkpoint(**row._mapping)
+    m = row._mapping
+    return Checkpoint(
+        id=m["id"],
+        session_id=m["session_id"],
+        turn=m["turn"],
+        commit=m["commit_sha"],
+        ref=m["ref"],
+        created_at=m["created_at"],
+    )

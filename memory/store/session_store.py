@@ -53,6 +53,7 @@ from memory.store.schema import (
     SEGMENT_KINDS,
     SESSION_STATUSES,
     STORE_EVENT_KINDS,
+    TOKEN_BYTES,
     checkpoints,
     events,
     sessions,
@@ -252,7 +253,7 @@ class SessionStore:
                     idx=index,
                     turn=turn,
                     kind=kind,
-                    n_tokens=len(blob) // 4,
+                    n_tokens=len(blob) // TOKEN_BYTES,
                     tokens=blob,
                     text=text,
                     created_at=utc_now(),
@@ -292,7 +293,11 @@ class SessionStore:
 
     def truncate_to_turn(self, session_id: str, turn: int) -> int:
         """Rewind to the end of `turn`: later events become superseded, later token segments
-        and checkpoints are deleted. Returns the token log's new length."""
+        and checkpoints are deleted. Returns the token log's new length.
+
+        Rewinding to the current turn records nothing but still drops checkpoints taken for
+        the turn that was about to start.
+        """
         _check_turn(turn)
         with self._write() as conn:
             current = _turn_count(conn, session_id)
@@ -301,7 +306,10 @@ class SessionStore:
                     f"cannot rewind session {session_id} to turn {turn}: it is at turn {current}"
                 )
             if turn < current:
-                _rewind(conn, session_id, turn, current)
+                _record_rewind(conn, session_id, turn, current)
+            for table in (token_segments, checkpoints):
+                where = (table.c.session_id == session_id, table.c.turn > turn)
+                conn.execute(delete(table).where(*where))
             return _n_tokens(conn, session_id)
 
     def fork(self, session_id: str, at_turn: int | None = None) -> SessionInfo:
@@ -331,16 +339,19 @@ class SessionStore:
         return self.get(child_id)
 
     def add_checkpoint(
-        self, session_id: str, turn: int, commit_sha: str, ref: str | None = None
+        self, session_id: str, turn: int, commit: str, ref: str | None = None
     ) -> Checkpoint:
-        """Record that the code at the end of `turn` is `commit_sha` (kept by `ref`, if any)."""
+        """Record that the code at `turn` is git commit `commit` (kept alive by `ref`, if any).
+
+        `turn` may run one ahead of the session: the agent checkpoints as a turn starts.
+        """
         _check_turn(turn)
+        now = utc_now()
+        values = dict(session_id=session_id, turn=turn, ref=ref, created_at=now)
         with self._write() as conn:
             _turn_count(conn, session_id)
-            values = dict(session_id=session_id, turn=turn, commit_sha=commit_sha, ref=ref)
-            values["created_at"] = utc_now()
-            new_id = conn.execute(insert(checkpoints).values(**values)).inserted_primary_key[0]
-        return Checkpoint(id=new_id, **values)
+            done = conn.execute(insert(checkpoints).values(commit_sha=commit, **values))
+        return Checkpoint(id=done.inserted_primary_key[0], commit=commit, **values)
 
     def checkpoints(self, session_id: str) -> list[Checkpoint]:
         """The session's checkpoints by turn (several per turn in the order recorded)."""
@@ -483,12 +494,10 @@ def _n_tokens(conn: Connection, session_id: str) -> int:
     ).scalar_one()
 
 
-def _rewind(conn: Connection, session_id: str, turn: int, current: int) -> None:
+def _record_rewind(conn: Connection, session_id: str, turn: int, current: int) -> None:
     _set_turn(conn, session_id, turn)
     payload = records.dump_payload({"to_turn": turn, "from_turn": current})
     _insert_event(conn, session_id, turn, REWIND, payload)
-    for table in (token_segments, checkpoints):
-        conn.execute(delete(table).where(table.c.session_id == session_id, table.c.turn > turn))
 
 
 def _copy_log(conn: Connection, source: str, target: str, turn: int) -> None:

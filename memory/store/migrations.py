@@ -46,7 +46,7 @@ def m001_initial(conn: Connection) -> None:
         "CREATE INDEX ix_sessions_updated_at ON sessions (updated_at)",
         "CREATE INDEX ix_sessions_repo_root_updated_at ON sessions (repo_root, updated_at)",
         """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
             session_id VARCHAR NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
             turn INTEGER NOT NULL,
             seq INTEGER NOT NULL,
@@ -75,7 +75,7 @@ def m002_checkpoints(conn: Connection) -> None:
     _run(
         conn,
         """CREATE TABLE checkpoints (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
             session_id VARCHAR NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
             turn INTEGER NOT NULL,
             commit_sha VARCHAR NOT NULL,

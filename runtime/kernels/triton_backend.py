@@ -1,0 +1,48 @@
+"""TritonBackend: the paged store, extend and split-KV decode kernels behind the contract."""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.triton_decode import DecodeConfig, decode_attention
+from runtime.kernels.triton_extend import ExtendConfig, extend_attention
+from runtime.kernels.triton_store import store_kv
+
+
+class TritonBackend(AttentionBackend):
+    """Triton kernels on CUDA (and in the Triton interpreter on CPU, for tests).
+
+    Decode (`meta.is_decode`) runs the split-KV kernel plus merge; its launch reads no tensor
+    value on the host and its grid depends only on the batch size and `num_splits` (fixed here,
+    or derived from the block table's width), so it can be captured in a CUDA graph. Extend
+    reads host ints from the metadata (max_query_len, max_seq_len) to size its grid.
+    """
+
+    name = "triton"
+
+    def __init__(
+        self,
+        decode_splits: int | None = None,
+        extend_config: ExtendConfig | None = None,
+        decode_config: DecodeConfig | None = None,
+    ):
+        self.decode_splits = decode_splits
+        self.extend_config = extend_config
+        self.decode_config = decode_config
+
+    def store_kv(self, k_cache, v_cache, k, v, meta: AttentionMetadata) -> None:
+        store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+
+    def forward(
+        self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float
+    ) -> torch.Tensor:
+        if meta.is_decode:
+            return decode_attention(
+                q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,
+                num_splits=self.decode_splits, config=self.decode_config,
+            )  # fmt: skip
+        return extend_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+            meta.max_query_len, scale, max_seq_len=meta.max_seq_len, config=self.extend_config,
+        )  # fmt: skip

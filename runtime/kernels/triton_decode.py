@@ -1,0 +1,279 @@
+"""Paged split-KV decode attention (one query per sequence) and the log-sum-exp merge.
+
+Decode is bound by reading K and V once, so the keys of each sequence are split across the SMs:
+program (split, kv_head, seq) reads one chunk of keys for the G query heads of that kv head
+(packed as the rows of one tile) and writes an unnormalised-then-normalised partial output and
+its base-2 log-sum-exp; `merge_splits` combines them. The grid depends only on the batch size and
+`num_splits`, and nothing reads a tensor value on the host, so a decode step can be captured in a
+CUDA graph as long as `num_splits` is fixed (the default derives it from the block table's width).
+
+Also home to the page-walking helper and the merge kernel shared with the extend kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 256
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Tile shape and pipelining of the decode kernel."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_decode_config(device: torch.device) -> DecodeConfig:
+    """Tuned on an H200 for CUDA (see bench/gpu_kernels.py); small tiles for the interpreter."""
+    if device.type == "cuda":
+        return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
+    return DecodeConfig(block_n=16, num_warps=1, num_stages=1)
+
+
+@functools.lru_cache(maxsize=8)
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (a fixed 4 elsewhere, for the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def decode_num_splits(batch: int, kv_heads: int, max_keys: int, device: torch.device) -> int:
+    """Splits per sequence: about 4 programs per SM, each chunk at least 256 keys.
+
+    Depends only on static quantities (batch, heads, the block table's width in keys), so a
+    CUDA graph captured for one batch size stays valid as sequences grow within that width.
+    """
+    want = triton.cdiv(4 * num_sms(device), batch * kv_heads)
+    return max(1, min(MAX_SPLITS, want, triton.cdiv(max_keys, 256)))
+
+
+@triton.jit
+def page_rows(bt_row, start, keys, kv_len, stride_page, stride_slot, PAGE_SIZE: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """Element offsets (int64) of keys `start .. start+BLOCK_N-1` through a block-table row.
+
+    When PAGE_SIZE is a multiple of BLOCK_N (and `start` is BLOCK_N-aligned) the tile lies in one
+    page: one scalar table read. Otherwise each key reads its own page id.
+    """
+    if PAGE_SIZE % BLOCK_N == 0:
+        page = tl.load(bt_row + start // PAGE_SIZE).to(tl.int64)
+        base = page * stride_page + (start % PAGE_SIZE) * stride_slot
+        return base + tl.arange(0, BLOCK_N).to(tl.int64) * stride_slot
+    else:
+        pages = tl.load(bt_row + keys // PAGE_SIZE, mask=keys < kv_len, other=0).to(tl.int64)
+        return pages * stride_page + (keys % PAGE_SIZE).to(tl.int64) * stride_slot
+
+
+@triton.jit
+def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a `[rows, BLOCK_D]` tile; masks only what the constexprs say may be out of range."""
+    if ROW_MASK:
+        if EVEN_D:
+            return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, O, OP, LP, BT, SEQ_LENS,
+    qk_scale,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kp, stride_ks, stride_kh,
+    stride_bt,
+    stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph,
+    GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DIRECT: tl.constexpr,
+):  # fmt: skip
+    split = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.program_id(2)
+    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
+
+    kv_len = tl.load(SEQ_LENS + b)
+    # Chunks are BLOCK_N-aligned so a tile never straddles a page when PAGE_SIZE % BLOCK_N == 0.
+    chunk = tl.cdiv(tl.cdiv(kv_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, kv_len)
+
+    rows = tl.arange(0, BLOCK_H)
+    row_ok = rows < GROUP
+    head = kvh * GROUP + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_ptrs = Q + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
+    q = load_tile(q_ptrs, row_ok, d_ok, True, EVEN_D)
+
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    k_head = K + kvh * stride_kh
+    v_head = V + kvh * stride_kh
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        k_ok = keys < hi
+        rows_off = page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE, BLOCK_N)
+        kv_off = rows_off[:, None] + offs_d[None, :]
+        k = load_tile(k_head + kv_off, k_ok, d_ok, True, EVEN_D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_tile(v_head + kv_off, k_ok, d_ok, True, EVEN_D)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+
+    # A split past the end of a short sequence saw no key: l = 0, lse = -inf, weight 0 in merge.
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    if DIRECT:
+        o_ptrs = O + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        op = OP + b.to(tl.int64) * stride_opt + head[:, None] * stride_oph + split * stride_ops
+        tl.store(op + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
+        tl.store(LP + b.to(tl.int64) * stride_lpt + head * stride_lph + split, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_kernel(
+    OP, LP, O,
+    stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph, stride_ot, stride_oh,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m = tl.full([1], float("-inf"), tl.float32)
+    l_sum = tl.zeros([1], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < NUM_SPLITS
+        lse = tl.load(LP + t * stride_lpt + h * stride_lph + offs_s, mask=s_ok, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        # Every split of a sequence may be empty only for kv_len 0, which never reaches here.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.math.exp2(lse - m_use)  # (BLOCK_S,)
+        part = tl.load(
+            OP + t * stride_opt + h * stride_oph + offs_s[:, None] * stride_ops + offs_d[None, :],
+            mask=s_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        alpha = tl.math.exp2(m - m_use)
+        acc = acc * alpha + tl.sum(part * w[:, None], 0)
+        l_sum = l_sum * alpha + tl.sum(w, 0)
+        m = m_new
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)
+    tl.store(O + t * stride_ot + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
+
+
+def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Combine split partials into `out`.
+
+    partial `(T, H, S, D)` fp32 (each split's normalised output), lse `(T, H, S)` fp32 base-2
+    log-sum-exp (-inf for an empty split); out `(T, H, D)` is written (any float dtype) and returned.
+    """
+    t, h, s, d = partial.shape
+    if t == 0:
+        return out
+    block_d = triton.next_power_of_2(d)
+    _merge_kernel[(t, h)](
+        partial, lse, out,
+        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
+        NUM_SPLITS=s, BLOCK_S=min(16, triton.next_power_of_2(s)), HEAD_DIM=d, BLOCK_D=block_d,
+        num_warps=4 if d >= 128 else 2,
+    )  # fmt: skip
+    return out
+
+
+def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Assert the layout the kernels rely on (shared strides, contiguous head_dim, GQA)."""
+    assert k_cache.dim() == 4, "cache views are [num_pages, page_size, kv_heads, head_dim]"
+    assert k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride(), (
+        "k and v cache views must share shape and strides (views of one page pool)"
+    )
+    assert k_cache.stride(3) == 1 and q.stride(2) == 1, "head_dim must be contiguous"
+    assert q.shape[-1] == k_cache.shape[3], "q and cache head_dim differ"
+    assert q.shape[1] % k_cache.shape[2] == 0, "query heads must be a multiple of kv heads"
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    config: DecodeConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One query per sequence over its paged keys (all of them: the query is the last token).
+
+    q `(B, Hq, D)`; k_cache/v_cache `[num_pages, page_size, Hkv, D]` (strided views, same strides);
+    block_tables `(B, max_pages)` int32; seq_lens `(B,)` int32, each >= 1. Returns `(B, Hq, D)` in
+    q's dtype (written into `out` when given). Mutates nothing else. No host syncs: with a fixed
+    `num_splits` the launch is CUDA-graph safe.
+    """
+    check_cache(q, k_cache, v_cache)
+    batch, num_heads, head_dim = q.shape
+    _, page_size, kv_heads, _ = k_cache.shape
+    group = num_heads // kv_heads
+    cfg = config or default_decode_config(q.device)
+    if num_splits is None:
+        max_keys = block_tables.shape[1] * page_size
+        num_splits = decode_num_splits(batch, kv_heads, max_keys, q.device)
+    out = torch.empty_like(q) if out is None else out
+    if batch == 0:
+        return out
+    direct = num_splits == 1
+    if direct:
+        partial, lse = out, out  # unused by the kernel
+        p_strides = (0, 0, 0, 0, 0)
+    else:
+        partial = torch.empty(
+            (batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
+        )
+        lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+        p_strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
+                     lse.stride(1))  # fmt: skip
+    _decode_kernel[(num_splits, kv_heads, batch)](
+        q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        *p_strides,
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
+        NUM_SPLITS=num_splits, DIRECT=direct,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if not direct:
+        merge_splits(partial, lse, out)
+    return out

@@ -1,0 +1,240 @@
+"""Paged extend (prefill) attention: new queries over cached plus new keys, varlen batches.
+
+One program owns a tile of BLOCK_M rows, each row a (query token, query head) pair of one kv
+head: the G = Hq / Hkv heads of a token sit in adjacent rows, so every K/V tile read from the
+pages serves all G heads (with G = 7, 18 tokens x 7 heads fill 126 of 128 rows). Causality is
+aligned to the end of each sequence; key blocks every row of the tile may see run unmasked, the
+few on the diagonal run masked, and blocks past the last row's position are never visited.
+
+Long caches with few query tiles (a short turn over a 1M-token context) split the keys across
+programs; partials are combined by the log-sum-exp merge shared with the decode kernel.
+Grid: (split * tiles + tile, kv_head, seq); programs of neighbouring tiles read the same K/V
+tiles at about the same time, so the L2 serves most re-reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime.kernels.triton_decode import LOG2E, check_cache, load_tile, merge_splits, num_sms
+from runtime.kernels.triton_decode import page_rows as _page_rows
+
+MIN_SPLIT_KEYS = 8192  # below this a split's partial write and merge cost more than it saves
+
+
+@dataclass(frozen=True)
+class ExtendConfig:
+    """Tile shape and pipelining of the extend kernel."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def default_extend_config(device: torch.device, head_dim: int) -> ExtendConfig:
+    """Tuned on an H200 for CUDA (see bench/gpu_kernels.py); small tiles for the interpreter."""
+    if device.type == "cuda":
+        if head_dim > 128:
+            return ExtendConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
+        return ExtendConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return ExtendConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)
+
+
+def extend_num_splits(tiles: int, max_seq_len: int, device: torch.device) -> int:
+    """Key splits for a grid of `tiles` (query tiles x kv heads x seqs) programs.
+
+    Picks the count that best fills the last wave of programs, at most one split per
+    MIN_SPLIT_KEYS keys and 64 in all; a split must save over 5% of the estimated time.
+    """
+    slots = num_sms(device)
+    cap = max(1, min(64, max_seq_len // MIN_SPLIT_KEYS))
+    best, best_cost = 1, float(triton.cdiv(tiles, slots))
+    for s in range(2, cap + 1):
+        cost = triton.cdiv(tiles * s, slots) / s
+        if cost < 0.95 * best_cost:
+            best, best_cost = s, cost
+    return best
+
+
+@triton.jit
+def _extend_inner(
+    acc, l_i, m_i, q, k_head, v_head, bt_row, lo, hi, pos, kv_len, qk_scale,
+    stride_kp, stride_ks, offs_d, d_ok,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    for start in range(lo, hi, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        rows_off = _page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE, BLOCK_N)
+        kv_off = rows_off[:, None] + offs_d[None, :]
+        # Unmasked blocks lie below every row's position, hence inside the sequence.
+        k_ok = keys < kv_len
+        k = load_tile(k_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            # A row may see none of a diagonal block before any other: keep exp2 away from NaN.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # Masked V loads: stale slots past kv_len may hold anything, and 0 * inf is NaN.
+        v = load_tile(v_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _extend_kernel(
+    Q, K, V, O, OP, LP, BT, SEQ_LENS, QSL,
+    qk_scale, num_tiles,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kp, stride_ks, stride_kh,
+    stride_bt,
+    stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph,
+    GROUP: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.program_id(2)
+    tile = pid % num_tiles
+    split = pid // num_tiles
+    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
+
+    q_start = tl.load(QSL + b)
+    q_len = tl.load(QSL + b + 1) - q_start
+    kv_len = tl.load(SEQ_LENS + b)
+    tok0 = tile * TOKENS
+    if tok0 >= q_len:
+        return
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = tok0 + rows // GROUP  # heads of one token are adjacent rows
+    head = kvh * GROUP + rows % GROUP
+    row_ok = (rows < TOKENS * GROUP) & (tok < q_len)
+    pos = kv_len - q_len + tok  # the last key each row may see
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_ptrs = Q + (q_start + tok).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh
+    q = load_tile(q_ptrs + offs_d[None, :], row_ok, d_ok, True, EVEN_D)
+
+    # Keys this tile needs: [0, end); all rows see [0, first + 1).
+    last_tok = tl.minimum(tok0 + TOKENS, q_len)
+    end = kv_len - q_len + last_tok
+    first = kv_len - q_len + tok0
+    if NUM_SPLITS == 1:
+        lo = 0
+        hi = end
+    else:
+        chunk = tl.cdiv(tl.cdiv(kv_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, end)
+    # hi < full_end only when hi is a chunk boundary, so full_end stays BLOCK_N-aligned.
+    full_end = tl.maximum(lo, tl.minimum(hi, (first + 1) // BLOCK_N * BLOCK_N))
+
+    bt_row = BT + b.to(tl.int64) * stride_bt
+    k_head = K + kvh * stride_kh
+    v_head = V + kvh * stride_kh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _extend_inner(
+        acc, l_i, m_i, q, k_head, v_head, bt_row, lo, full_end, pos, kv_len, qk_scale,
+        stride_kp, stride_ks, offs_d, d_ok, BLOCK_N, PAGE_SIZE, EVEN_D, False,
+    )  # fmt: skip
+    acc, l_i, m_i = _extend_inner(
+        acc, l_i, m_i, q, k_head, v_head, bt_row, full_end, hi, pos, kv_len, qk_scale,
+        stride_kp, stride_ks, offs_d, d_ok, BLOCK_N, PAGE_SIZE, EVEN_D, True,
+    )  # fmt: skip
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    t_idx = (q_start + tok).to(tl.int64)
+    mask = row_ok[:, None] & d_ok[None, :]
+    if NUM_SPLITS == 1:
+        o_ptrs = O + t_idx[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mask)
+    else:
+        op = OP + t_idx[:, None] * stride_opt + head[:, None] * stride_oph + split * stride_ops
+        tl.store(op + offs_d[None, :], out, mask=mask)
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
+        tl.store(LP + t_idx * stride_lpt + head * stride_lph + split, lse, mask=row_ok)
+
+
+def extend_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    max_query_len: int,
+    scale: float,
+    *,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    config: ExtendConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of each sequence's new queries over all its paged keys.
+
+    q `(T, Hq, D)` (sequence b owns rows `query_start_loc[b]:query_start_loc[b+1]`, the last
+    q_len of its seq_lens[b] tokens, whose K/V are already stored); k_cache/v_cache
+    `[num_pages, page_size, Hkv, D]` strided views with equal strides; block_tables
+    `(B, max_pages)` int32; seq_lens `(B,)` and query_start_loc `(B+1,)` int32. Query i of a
+    sequence sees keys `0 .. kv_len - q_len + i`. Returns `(T, Hq, D)` in q's dtype (`out` when
+    given); mutates nothing else. `max_seq_len` (a host bound on seq_lens) enables key splits.
+    """
+    check_cache(q, k_cache, v_cache)
+    total, num_heads, head_dim = q.shape
+    _, page_size, kv_heads, _ = k_cache.shape
+    group = num_heads // kv_heads
+    batch = seq_lens.shape[0]
+    cfg = config or default_extend_config(q.device, head_dim)
+    block_m = max(cfg.block_m, triton.next_power_of_2(group))
+    tokens = block_m // group
+    out = torch.empty_like(q) if out is None else out
+    if total == 0 or batch == 0:
+        return out
+    num_tiles = triton.cdiv(max_query_len, tokens)
+    if num_splits is None:
+        num_splits = 1
+        if max_seq_len is not None:
+            num_splits = extend_num_splits(num_tiles * kv_heads * batch, max_seq_len, q.device)
+    if num_splits == 1:
+        partial, lse = out, out  # unused by the kernel
+        p_strides = (0, 0, 0, 0, 0)
+    else:
+        partial = torch.empty(
+            (total, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
+        )
+        # Rows no split reaches keep -inf weight; every valid row is reached by split 0.
+        lse = torch.empty((total, num_heads, num_splits), dtype=torch.float32, device=q.device)
+        p_strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
+                     lse.stride(1))  # fmt: skip
+    _extend_kernel[(num_tiles * num_splits, kv_heads, batch)](
+        q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens, query_start_loc,
+        scale * LOG2E, num_tiles,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        *p_strides,
+        GROUP=group, TOKENS=tokens, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
+        NUM_SPLITS=num_splits,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if num_splits > 1:
+        merge_splits(partial, lse, out)
+    return out

@@ -56,7 +56,7 @@ class GrepTool(Tool):
                 note = f"\n(stopped at {args.max_results} matches; narrow the pattern or path)"
                 return ToolResult(True, "\n".join(hits) + note, metadata={"capped": True})
         if not hits:
-            return ToolResult(True, f"No matches for {args.pattern!r} in {args.path}.")
+            return ToolResult(True, f"No matches for {args.pattern!r} in {args.path}")
         return ToolResult(True, "\n".join(hits), metadata={"matches": len(hits)})
 
 

@@ -125,6 +125,7 @@ class Outcome(NamedTuple):
     exit_code: int | None
     stopped: str | None  # "timed out after N s" | "cancelled" | "output limit" | None
     leftovers: bool  # processes it left running in its group were killed
+    pid: int  # of bash, which led the process group
 
 
 class ShellTool(Tool):
@@ -164,7 +165,7 @@ class ShellTool(Tool):
         leftovers = stopped is None and group_alive(proc.pid)
         if stopped or leftovers:
             kill_group(proc, self.jobs.kill_grace_s)
-        return Outcome(proc.wait(), stopped, leftovers)
+        return Outcome(proc.wait(), stopped, leftovers, proc.pid)
 
     def _started(self, job: Job) -> ToolResult:
         text = (
@@ -311,6 +312,7 @@ def _result(outcome: Outcome, text: str, out_path: Path, notes: list[str]) -> To
     meta = {
         "exit_code": outcome.exit_code,
         "stopped": outcome.stopped,
+        "pid": outcome.pid,
         "output_file": str(out_path) if out_path.exists() else None,
     }
     ok = outcome.exit_code == 0 and not outcome.stopped

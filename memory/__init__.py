@@ -3,4 +3,11 @@
 Files:
 - kv_layout.py: KVLayout, the shape of one page (all layers contiguous).
 - device_pool.py: DevicePagePool, the device tier tensor and its free list.
+- hashing.py: the model fingerprint and the page hash chain that names full pages.
+- prefix_index.py: PrefixIndex, chain hash -> tiers, pins and per-tier LRU (ints and bytes only).
+- host_pool.py: HostPagePool, host slots (pinned on CUDA) and device <-> host copies on a stream.
+- disk_tier.py: DiskTier, content-addressed page files: atomic writes, verified reads, LRU gc.
+- write_through.py: WriteThrough, the background thread making sealed pages durable on disk.
+- kv_cache.py: TieredKVCache, the facade the engine uses (alloc, seal, acquire, release, flush).
+- store/: the SQLite session store.
 """

@@ -34,7 +34,9 @@ class DevicePagePool:
     def alloc(self, n: int) -> list[int]:
         """Take `n` free pages; raises PagePoolExhausted (taking none) if fewer are free."""
         if n > len(self._free):
-            raise PagePoolExhausted(f"need {n} KV pages, {len(self._free)} free of {self.num_pages}")
+            raise PagePoolExhausted(
+                f"need {n} KV pages, {len(self._free)} free of {self.num_pages}"
+            )
         taken = self._free[len(self._free) - n :]
         del self._free[len(self._free) - n :]
         return taken[::-1]

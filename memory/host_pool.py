@@ -1,0 +1,132 @@
+"""The host tier: page slots in host memory (pinned on CUDA), a free list, and tier copies.
+
+Copies between the device pool and host slots run on a dedicated CUDA stream, non-blocking, and
+are ordered against the compute stream with events: the copy stream waits for the kernels that
+wrote a page, and the compute stream waits for a copy before it reads restored pages or reuses a
+page being copied out. On CPU every copy is synchronous and the fences are no-ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from memory.kv_layout import KVLayout
+
+_PRUNE_FENCES_AT = 1024  # completed events are dropped once this many are kept
+
+
+class HostPagePool:
+    """`num_pages` slots shaped `[num_pages, *layout.page_shape]` in host memory.
+
+    Slot ids are plain ints; `alloc`/`free` touch only the free list. `slot_bytes(slot)` is a
+    writable uint8 view of one slot for disk I/O; call `sync_slots` before the CPU reads or
+    writes a slot that a copy may still be using. The tensor is never reallocated.
+    """
+
+    def __init__(self, layout: KVLayout, num_pages: int, pin_memory: bool | None = None):
+        assert num_pages > 0, "a host pool needs at least one page"
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.layout = layout
+        self.num_pages = num_pages
+        self.data = torch.empty((num_pages, *layout.page_shape), dtype=layout.dtype, pin_memory=pin)
+        flat = self.data.view(-1).view(torch.uint8)
+        self._bytes = flat.numpy().reshape(num_pages, layout.page_bytes)  # shares memory
+        self._free: list[int] = list(range(num_pages - 1, -1, -1))
+        self._stream: torch.cuda.Stream | None = None
+        self._slot_fence: dict[int, torch.cuda.Event] = {}  # slot -> last copy touching it
+        self._page_fence: dict[int, torch.cuda.Event] = {}  # device page -> copy reading it
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def alloc(self, n: int) -> list[int]:
+        """Take `n` free slots; asserts that enough are free (the caller evicts first)."""
+        assert n <= len(self._free), f"need {n} host slots, {len(self._free)} free"
+        taken = self._free[len(self._free) - n :]
+        del self._free[len(self._free) - n :]
+        return taken[::-1]
+
+    def free(self, slots: list[int]) -> None:
+        self._free.extend(slots)
+
+    def slot_bytes(self, slot: int) -> np.ndarray:
+        """The raw bytes of one slot (uint8, writable, no copy)."""
+        return self._bytes[slot]
+
+    # -- copies ------------------------------------------------------------------------------
+
+    def to_host(
+        self, src: torch.Tensor, pages: list[int], slots: list[int]
+    ) -> torch.cuda.Event | None:
+        """Copy device pages `src[pages]` into `slots`; returns the event that completes it.
+
+        The device pages must not be overwritten until the event: call `before_device_reuse`
+        before handing them out again.
+        """
+        if src.device.type != "cuda":
+            for p, s in zip(pages, slots, strict=True):
+                self.data[s].copy_(src[p])
+            return None
+        stream = self._copy_stream(src.device)
+        stream.wait_stream(torch.cuda.current_stream(src.device))  # the kernels writing them
+        with torch.cuda.stream(stream):
+            for p, s in zip(pages, slots, strict=True):
+                self.data[s].copy_(src[p], non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(stream)
+        self._fence(slots, pages, ev)
+        return ev
+
+    def to_device(self, slots: list[int], dst: torch.Tensor, pages: list[int]) -> None:
+        """Copy `slots` into device pages `dst[pages]`; later work on the current stream sees
+        them. The slots must not be written by the CPU before `sync_slots` says so."""
+        if dst.device.type != "cuda":
+            for s, p in zip(slots, pages, strict=True):
+                dst[p].copy_(self.data[s])
+            return
+        self.before_device_reuse(pages)
+        current = torch.cuda.current_stream(dst.device)
+        stream = self._copy_stream(dst.device)
+        stream.wait_stream(current)  # whatever last used these device pages is done
+        with torch.cuda.stream(stream):
+            for s, p in zip(slots, pages, strict=True):
+                dst[p].copy_(self.data[s], non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(stream)
+        current.wait_event(ev)
+        self._fence(slots, [], ev)
+
+    def fence(self, slot: int) -> torch.cuda.Event | None:
+        """The event completing the last copy into or out of `slot` (None: nothing pending)."""
+        return self._slot_fence.get(slot)
+
+    def sync_slots(self, slots: list[int]) -> None:
+        """Block the CPU until no copy uses these slots (before reading or writing them)."""
+        for s in slots:
+            ev = self._slot_fence.pop(s, None)
+            if ev is not None:
+                ev.synchronize()
+
+    def before_device_reuse(self, pages: list[int]) -> None:
+        """Order the compute stream after copies still reading these device pages."""
+        for p in pages:
+            ev = self._page_fence.pop(p, None)
+            if ev is not None:
+                torch.cuda.current_stream().wait_event(ev)
+
+    def _copy_stream(self, device: torch.device) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        return self._stream
+
+    def _fence(self, slots: list[int], pages: list[int], ev: torch.cuda.Event) -> None:
+        for s in slots:
+            self._slot_fence[s] = ev
+        for p in pages:
+            self._page_fence[p] = ev
+        if len(self._slot_fence) + len(self._page_fence) > _PRUNE_FENCES_AT:
+            for fences in (self._slot_fence, self._page_fence):
+                for k in [k for k, e in fences.items() if e.query()]:
+                    del fences[k]

@@ -1,0 +1,471 @@
+"""TieredKVCache: the facade the engine uses for KV pages across device, host and disk."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from memory.device_pool import DevicePagePool, PagePoolExhausted
+from memory.disk_tier import DiskTier
+from memory.hashing import chain_hashes, page_hash
+from memory.host_pool import HostPagePool
+from memory.kv_layout import KVLayout
+from memory.prefix_index import PageEntry, PrefixIndex
+from memory.write_through import WriteJob, WriteThrough
+
+log = logging.getLogger(__name__)
+
+_DISK_CHUNK = 256  # pages read from disk per batch during a restore
+
+
+class OutOfPages(PagePoolExhausted):
+    """Every device page is pinned by a running sequence: nothing can be evicted."""
+
+
+@dataclass(slots=True)
+class PrefixHit:
+    """Where each leading cached page of a hash chain lives: "device", "host" or "disk"."""
+
+    tiers: list[str] = field(default_factory=list)
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.tiers)
+
+    @property
+    def by_tier(self) -> dict[str, int]:
+        return dict(Counter(self.tiers))
+
+
+@dataclass(slots=True)
+class Acquired:
+    """Device pages now holding the longest available prefix, pinned for the caller."""
+
+    pages: list[int] = field(default_factory=list)
+    by_tier: dict[str, int] = field(default_factory=dict)  # tier name -> pages served from it
+
+
+class TieredKVCache:
+    """KV pages in three tiers behind one small API; `pool.data` is what the kernels read.
+
+    Pages are device page ids (ints indexing `pool.data`). A page is either *private* (being
+    filled by one sequence; refcounted by `pin`/`release`, freed at zero) or *sealed* (full,
+    immutable, named by its chain hash, shared by every sequence with that prefix, kept cached
+    at refcount zero and evicted by LRU: device -> host -> disk, never while pinned).
+
+    - `alloc(n)` returns n private pages, evicting unpinned cached pages if needed; raises
+      OutOfPages (taking none) if the pool cannot supply them.
+    - `seal(page, h)` publishes a full private page under chain hash h. The id returned is the
+      one to use from now on: `page` itself, or the already cached device copy of h (then
+      `page` is freed). The caller's hold moves to the returned page. With a disk tier the
+      page is copied to host and queued for disk in the background.
+    - `acquire(hashes)` brings the longest available prefix of the chain to the device (host
+      -> device, disk -> host -> device, disk pages verified) and pins it; it stops at the
+      first page that is missing, fails verification, or finds no device page to land in.
+    - `pin`/`release` add and drop one holder of pages (private or sealed).
+    - `flush()` returns once every sealed page is durable on disk (or its write failed).
+
+    Page ids handed out stay valid until released; the contents of a sealed page never change.
+    Not thread-safe: one caller thread (the engine's); the write-through worker only reports
+    back through a queue drained here. I/O trouble never raises: a bad page file is recomputed,
+    an unwritable disk turns the disk tier off with one warning.
+    """
+
+    prefix_caching = True
+
+    def __init__(
+        self,
+        layout: KVLayout,
+        device_pages: int,
+        host_pages: int,
+        fingerprint: bytes,
+        disk_dir: Path | None = None,
+        disk_max_bytes: int | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        write_queue: int = 64,
+        read_threads: int = 4,
+    ):
+        self.layout = layout
+        self.fingerprint = fingerprint
+        self.pool = DevicePagePool(layout, device_pages, device)
+        self.host = HostPagePool(layout, host_pages, pin_memory=self.pool.device.type == "cuda")
+        self.index = PrefixIndex()
+        self.disk: DiskTier | None = None
+        self.writer: WriteThrough | None = None
+        if disk_dir is not None:
+            self.disk = DiskTier(
+                Path(disk_dir),
+                fingerprint,
+                layout.page_bytes,
+                max_bytes=disk_max_bytes,
+                read_threads=read_threads,
+            )
+            self.writer = WriteThrough(self.disk, write_queue)
+        self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
+        self._unwritten: dict[bytes, PageEntry] = {}  # sealed, not on disk, no write queued
+        self._counts: Counter[str] = Counter()
+
+    # -- hashes --------------------------------------------------------------------------------
+
+    def page_hash(self, prev: bytes | None, tokens: Sequence[int]) -> bytes:
+        """The next chain link; `prev=None` starts the chain at the model fingerprint."""
+        return page_hash(self.fingerprint if prev is None else prev, tokens)
+
+    def page_hashes(self, tokens: Sequence[int]) -> list[bytes]:
+        """The chain hashes of every full page of `tokens`."""
+        return chain_hashes(self.fingerprint, tokens, self.layout.page_size)
+
+    # -- lookup and acquire --------------------------------------------------------------------
+
+    def lookup(self, hashes: list[bytes]) -> PrefixHit:
+        """Which leading pages of the chain are cached, and in which tier (nothing moves)."""
+        self._drain()
+        hit = PrefixHit()
+        for h in hashes:
+            tier = self._tier_of(h)
+            if tier is None:
+                break
+            hit.tiers.append(tier)
+        return hit
+
+    def acquire(self, hashes: list[bytes]) -> Acquired:
+        """Bring the longest available prefix to the device and pin it (see the class doc)."""
+        self._drain()
+        for e in self.index.match(hashes):
+            self.index.touch(e)  # so making room below evicts other pages first
+        got = Acquired()
+        while len(got.pages) < len(hashes):
+            h = hashes[len(got.pages)]
+            e = self.index.get(h)
+            if e is not None and e.device is not None:
+                self._hold(got, e, "device")
+            elif e is not None and e.host is not None:
+                if not self._host_up(e):
+                    break
+                self._hold(got, e, "host")
+            elif not self._disk_up(hashes, got):
+                break
+        self._counts["miss_pages"] += len(hashes) - len(got.pages)
+        return got
+
+    def _hold(self, got: Acquired, e: PageEntry, tier: str) -> None:
+        self.index.pin(e)
+        got.pages.append(e.device)
+        got.by_tier[tier] = got.by_tier.get(tier, 0) + 1
+        self._counts[f"hit_{tier}"] += 1
+
+    def _host_up(self, e: PageEntry) -> bool:
+        """Copy a host page to a fresh device page; False if no device page can be had."""
+        self.index.set_restoring(e, True)  # making room below must not evict this host copy
+        try:
+            pages = self._take_device_pages_upto(1)
+        finally:
+            self.index.set_restoring(e, False)
+        if not pages:
+            return False
+        self.host.to_device([e.host], self.pool.data, pages)
+        self.index.set_device(e, pages[0])
+        return True
+
+    def _disk_up(self, hashes: list[bytes], got: Acquired) -> bool:
+        """Read the next run of disk-only pages (verified) through host to device.
+
+        True if the whole run came up, so the caller goes on after it. Device pages and host
+        slots are taken before any read, so making room cannot evict a page of the run."""
+        run = self._disk_run(hashes, len(got.pages))
+        pages = self._take_device_pages_upto(len(run))
+        slots = self._take_host_slots(len(pages))
+        n = len(slots)
+        self.pool.free(pages[n:])
+        run, pages = run[:n], pages[:n]
+        self.host.sync_slots(slots)  # an earlier copy may still read them
+        ok = self.disk.read_many(run, [self.host.slot_bytes(s) for s in slots]) if n else []
+        n_ok = ok.index(False) if False in ok else n
+        self._forget_on_disk(run[n_ok : n_ok + 1])
+        self.host.free(slots[n_ok:])
+        self.pool.free(pages[n_ok:])
+        self.host.to_device(slots[:n_ok], self.pool.data, pages[:n_ok])
+        for h, slot, page in zip(run[:n_ok], slots[:n_ok], pages[:n_ok], strict=True):
+            e = self.index.get(h) or self.index.add(h)
+            self.index.set_disk(e, True)
+            self.index.set_host(e, slot)
+            self.index.set_device(e, page)
+            self._hold(got, e, "disk")
+        return 0 < n_ok == len(run)
+
+    def _disk_run(self, hashes: list[bytes], start: int) -> list[bytes]:
+        """The hashes from `start` on that only the disk holds (at most one chunk)."""
+        if self.disk is None:
+            return []
+        run = []
+        for h in hashes[start : start + _DISK_CHUNK]:
+            e = self.index.get(h)
+            in_memory = e is not None and (e.device is not None or e.host is not None)
+            if in_memory or not ((e is not None and e.disk) or self.disk.contains(h)):
+                break
+            run.append(h)
+        return run
+
+    def _forget_on_disk(self, hashes: list[bytes]) -> None:
+        for h in hashes:
+            e = self.index.get(h)
+            if e is not None:
+                self.index.set_disk(e, False)
+
+    def _tier_of(self, h: bytes) -> str | None:
+        e = self.index.get(h)
+        if e is not None and e.device is not None:
+            return "device"
+        if e is not None and e.host is not None:
+            return "host"
+        on_disk = e.disk if e is not None else False
+        if self.disk is not None and (on_disk or self.disk.contains(h)):
+            return "disk"
+        return None
+
+    # -- private pages, sealing, holders -------------------------------------------------------
+
+    def alloc(self, n: int) -> list[int]:
+        """`n` private pages, pinned once for the caller (see the class doc)."""
+        self._drain()
+        pages = self._take_device_pages(n)
+        for p in pages:
+            self._private[p] = 1
+        return pages
+
+    def seal(self, page_id: int, h: bytes) -> int:
+        """Publish a full private page under hash h; returns the id to use from now on."""
+        self._drain()
+        holders = self._private.pop(page_id, None)
+        assert holders == 1, f"sealing page {page_id} with {holders} holders (must be 1 private)"
+        e = self.index.get(h)
+        if e is not None and e.device is not None:
+            self.pool.free([page_id])  # a copy is cached already: share it
+            self.index.pin(e)
+            return e.device
+        if e is None:
+            e = self.index.add(h)
+            if self.disk is not None and self.disk.contains(h):
+                self.index.set_disk(e, True)  # written by an earlier session or process
+        self.index.set_device(e, page_id)
+        self.index.pin(e)
+        if not e.disk and not e.writing:
+            self._write_through(e, wait=False)
+        return page_id
+
+    def pin(self, page_ids: list[int]) -> None:
+        """Add one holder to each page (a fork sharing its parent's pages)."""
+        for p in page_ids:
+            if p in self._private:
+                self._private[p] += 1
+            else:
+                self.index.pin(self._sealed(p))
+
+    def release(self, page_ids: list[int]) -> None:
+        """Drop one holder of each page: private pages are freed at zero, sealed stay cached."""
+        freed = []
+        for p in page_ids:
+            holders = self._private.get(p)
+            if holders is None:
+                self.index.unpin(self._sealed(p))
+            elif holders > 1:
+                self._private[p] = holders - 1
+            else:
+                del self._private[p]
+                freed.append(p)
+        self.pool.free(freed)
+
+    def _sealed(self, page: int) -> PageEntry:
+        e = self.index.by_device(page)
+        assert e is not None, f"device page {page} is neither private nor sealed"
+        return e
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Return once every sealed page is durable on disk (or its write failed, logged)."""
+        if self.writer is None:
+            return
+        self._drain()
+        while self._unwritten:
+            _, e = self._unwritten.popitem()
+            if not e.disk and not e.writing and (e.device is not None or e.host is not None):
+                self._write_through(e, wait=True)
+        self.writer.flush()
+        self._drain()
+
+    def _write_through(self, e: PageEntry, wait: bool) -> None:
+        """Stage e on host (if not there) and queue its disk write; without room, leave it
+        unwritten for `flush` (or the last-copy eviction) to write."""
+        if self.writer is None or not self.disk.writable:
+            return
+        if e.host is None:
+            slots = self._take_host_slots(1)
+            if not slots and wait:
+                self.writer.flush()  # staged pages free up as they land on disk
+                self._drain()
+                slots = self._take_host_slots(1)
+            if not slots:
+                self._unwritten[e.hash] = e
+                return
+            self.host.to_host(self.pool.data, [e.device], slots)
+            self.index.set_host(e, slots[0])
+        job = WriteJob(e.hash, e.host, self.host.slot_bytes(e.host), self.host.fence(e.host))
+        if wait:
+            self.writer.submit_blocking(job)
+        elif not self.writer.submit(job):
+            self._unwritten[e.hash] = e
+            return
+        self._unwritten.pop(e.hash, None)
+        self.index.set_writing(e, True)
+
+    def _drain(self) -> None:
+        """Apply finished disk writes (called at the top of every public method)."""
+        if self.writer is None:
+            return
+        for h, _slot, ok in self.writer.completed():
+            e = self.index.get(h)
+            assert e is not None and e.writing, "a write finished for a page not being written"
+            self.index.set_writing(e, False)
+            if ok:
+                self.index.set_disk(e, True)
+            self._counts["disk_writes" if ok else "disk_write_failures"] += 1
+
+    # -- eviction ------------------------------------------------------------------------------
+
+    def _take_device_pages(self, n: int) -> list[int]:
+        """`n` free device pages, evicting unpinned cached pages by LRU; OutOfPages if not."""
+        while self.pool.num_free < n:
+            victim = self.index.lru_device()
+            if victim is None:
+                raise OutOfPages(
+                    f"need {n} KV pages, {self.pool.num_free} free of {self.pool.num_pages} "
+                    "and every other page is held by a running sequence"
+                )
+            self._evict_device(victim, keep_host=True)
+        pages = self.pool.alloc(n)
+        self.host.before_device_reuse(pages)
+        return pages
+
+    def _take_device_pages_upto(self, n: int) -> list[int]:
+        """As many of `n` device pages as eviction can supply (maybe none)."""
+        while self.pool.num_free < n and (victim := self.index.lru_device()) is not None:
+            self._evict_device(victim, keep_host=True)
+        pages = self.pool.alloc(min(n, self.pool.num_free))
+        self.host.before_device_reuse(pages)
+        return pages
+
+    def _take_host_slots(self, n: int) -> list[int]:
+        """Up to `n` free host slots, evicting idle host copies by LRU."""
+        while self.host.num_free < n and self._evict_host_lru():
+            pass
+        return self.host.alloc(min(n, self.host.num_free))
+
+    def _evict_device(self, e: PageEntry, keep_host: bool) -> None:
+        """Drop e's device copy, first copying it to host unless a lower tier suffices."""
+        if e.host is None and (keep_host or not e.disk):
+            slots = self._take_host_slots(1)
+            if slots:
+                self.host.to_host(self.pool.data, [e.device], slots)
+                self.index.set_host(e, slots[0])
+        if e.host is None and not e.disk:
+            self._counts["dropped_pages"] += 1  # no room anywhere: it will be recomputed
+            self._unwritten.pop(e.hash, None)
+        page = e.device
+        self.index.set_device(e, None)
+        self.pool.free([page])
+        self._counts["device_evictions"] += 1
+
+    def _evict_host_lru(self) -> bool:
+        """Evict the LRU idle host copy, writing it to disk first if it is the last copy."""
+        e = self.index.lru_host()
+        if e is None:
+            return False
+        slot = e.host
+        if e.device is None and not e.disk:
+            self._write_now(e)
+        self.index.set_host(e, None)
+        self.host.free([slot])
+        self._counts["host_evictions"] += 1
+        return True
+
+    def _write_now(self, e: PageEntry) -> None:
+        """Synchronous write of a page's last copy (host) before it goes: memory pressure
+        outran write-through. Without a writable disk the page is dropped."""
+        self._unwritten.pop(e.hash, None)
+        if self.disk is None or not self.disk.writable:
+            self._counts["dropped_pages"] += 1
+            return
+        self.host.sync_slots([e.host])
+        self.index.set_disk(e, self.disk.write(e.hash, self.host.slot_bytes(e.host)))
+
+    def evict_all_to_host(self) -> None:
+        """Move every unpinned device page down a tier (tests and benchmarks)."""
+        self._drain()
+        while (e := self.index.lru_device()) is not None:
+            self._evict_device(e, keep_host=True)
+
+    def evict_all_to_disk(self) -> None:
+        """Flush, then drop every unpinned device and idle host copy (tests and benchmarks);
+        pages with no disk copy are lost from the cache."""
+        self.flush()
+        while (e := self.index.lru_device()) is not None:
+            self._evict_device(e, keep_host=False)
+        while self._evict_host_lru():
+            pass
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Pages and bytes per tier, hits and misses per tier, write-through counters."""
+        self._drain()
+        pb = self.layout.page_bytes
+        sealed_dev = sum(1 for e in self.index.entries() if e.device is not None)
+        dev = {
+            "pages": self.pool.num_pages,
+            "free": self.pool.num_free,
+            "private": len(self._private),
+            "cached": sealed_dev,
+            "evictable": self.index.num_device_evictable,
+        }
+        host = {
+            "pages": self.host.num_pages,
+            "free": self.host.num_free,
+            "cached": self.host.num_pages - self.host.num_free,
+        }
+        for tier in (dev, host):
+            tier["bytes"] = (tier["pages"] - tier["free"]) * pb
+        out = {
+            "page_bytes": pb,
+            "indexed": len(self.index),
+            "device": dev,
+            "host": host,
+            "unwritten": len(self._unwritten),
+            "pending_writes": self._pending_writes(),
+            **dict(self._counts),
+        }
+        if self.disk is not None:
+            out["disk"] = {**asdict(self.disk.stats()), **self.disk.counters}
+        return out
+
+    def _pending_writes(self) -> int:
+        return 0 if self.writer is None else self.writer.pending
+
+    def close(self) -> None:
+        """Flush and stop the background threads."""
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.disk.close()
+
+    def __enter__(self) -> TieredKVCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

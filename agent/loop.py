@@ -172,7 +172,7 @@ class AgentLoop:
 
     def _permission(self, turn: int, tool: Tool, call: ToolCall) -> str | None:
         """None if the call may run; otherwise the refusal the model sees."""
-        decision = self.permissions.check(tool, call.arguments)
+        decision = self.permissions.check(tool.name, call.arguments)
         if decision.action == "ask":
             answer = self.approve(ApprovalRequested(call.call_id, call.name, call.arguments,
                                                     decision.suggested_rule))
@@ -180,7 +180,7 @@ class AgentLoop:
                                                      "decision": answer.decision,
                                                      "rule": answer.rule})
             if answer.decision == "always" and answer.rule:
-                self.permissions.allow(answer.rule)
+                self.permissions.add_rule(answer.rule)
             if answer.decision == "deny":
                 return f"the user denied this {call.name} call; do something else or ask them"
             return None

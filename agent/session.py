@@ -75,7 +75,8 @@ class AgentSession(AgentHandle):
         self.tools = default_tools()
         self.ctx = ToolContext(self.workspace)
         self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
-                                       deny=self.options.deny)
+                                       deny=self.options.deny, tools=self.tools,
+                                       root=self.workspace.root)
         self.store = store
         self.resume_id = resume_id
         self.session_id = resume_id or ""
@@ -186,10 +187,10 @@ class AgentSession(AgentHandle):
         if not self.store:
             return
         try:
-            from agent.checkpoint import create_checkpoint
+            from agent.checkpoint import Checkpoints
 
-            sha = create_checkpoint(self.workspace.root, self.session_id, self.turn)
-            self.store.add_checkpoint(self.session_id, self.turn, sha)
+            mark = Checkpoints(self.workspace.root, self.session_id).create(self.turn)
+            self.store.add_checkpoint(self.session_id, self.turn, mark.commit, mark.ref)
         except Exception as e:  # a repository without git still gets an agent
             log.info("no checkpoint for turn %d: %s", self.turn, e)
 

@@ -10,6 +10,7 @@ import torch
 
 from memory.device_pool import DevicePagePool
 from memory.kv_layout import KVLayout
+from runtime import settings
 from runtime.chat_template import ChatTemplate
 from runtime.config import ModelConfig
 from runtime.engine.engine import Engine, EngineConfig
@@ -59,6 +60,7 @@ class LocalModel:
              kv: KVPages | None = None) -> LocalModel:
         """Resolve (pulling if needed), load and wrap in an engine. Raises runtime errors."""
         start = time.perf_counter()
+        spec = spec or settings.default_model()
         path = resolve_model(spec, progress=options.progress)
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = DTYPES[options.dtype or _default_dtype(device)]
@@ -75,7 +77,7 @@ class LocalModel:
                         config=EngineConfig(prefill_chunk=options.prefill_chunk or
                                             (512 if device.type == "cpu" else 8192)))
         template = _template(tokenizer)
-        return cls(spec or "smollm2", path, cfg, tokenizer, template, engine, loaded.weights_id,
+        return cls(spec or settings.default_model(), path, cfg, tokenizer, template, engine, loaded.weights_id,
                    dtype, time.perf_counter() - start)
 
 

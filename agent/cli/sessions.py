@@ -104,7 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_rewind(args: argparse.Namespace) -> int:
-    from agent.checkpoint import restore_checkpoint
+    from agent.checkpoint import Checkpoints
 
     apply_dirs(args)
     store = open_store()
@@ -114,7 +114,7 @@ def run_rewind(args: argparse.Namespace) -> int:
         known = ", ".join(str(t) for t in sorted(marks)) or "none"
         raise UsageError(f"session {info.id} has no checkpoint for turn {args.turn} "
                          f"(turns with checkpoints: {known})")
-    restore_checkpoint(Path(info.repo_root), marks[args.turn].commit)
+    Checkpoints(info.repo_root, info.id).restore(args.turn)
     if not args.code_only:
         store.truncate_to_turn(info.id, args.turn - 1)
     out(f"rewound {info.id} to the start of turn {args.turn}")

@@ -131,6 +131,7 @@ class Permissions:
         tool = self._tools.get(tool_name)
         if tool is None:
             return Decision.deny(f"unknown tool {tool_name!r}")
+        args = args if isinstance(args, Mapping) else {}  # malformed: the tool will refuse it
         kind = tool.kind_for(args)
         subject = self._subject(tool, args)
         denied = self._deny_match(tool_name, args)

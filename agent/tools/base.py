@@ -51,9 +51,10 @@ class ToolError(Exception):
 class ToolResult:
     """What one tool call produced.
 
-    `content` is what the model sees, already cut to size. `full_output` is the uncut output when
-    it differs (kept for the UI and the store). `metadata` carries structured facts for front ends:
-    `diff` for edits, `exit_code` for commands, `path`/`paths` touched, `output_file` for spills.
+    `content` is what the model sees, already cut to size. `full_output` is the whole output of a
+    command (shell, git), cut or not, for the UI and the store; None where `content` is the whole
+    result. `metadata` carries JSON-able facts for front ends: `diff` for edits, `exit_code` and
+    `pid` for commands, `path` touched, `output_file` where a long output was saved.
     """
 
     ok: bool

@@ -70,7 +70,7 @@ class GitTool(Tool):
             env=NONINTERACTIVE_ENV,
             kill_after_timeout=GIT_TIMEOUT_S,
         )
-        text = "\n".join(part for part in (out, err) if part) or "(no output)"
+        text = _printable("\n".join(part for part in (out, err) if part)) or "(no output)"
         content, meta = text, {"exit_code": code, "subcommand": sub}
         if len(text) > MAX_TOOL_OUTPUT_CHARS:
             saved = save_output(ctx, f"git-{sub}", text)
@@ -96,6 +96,11 @@ def _checked_args(sub: str, args: GitArgs) -> list[str]:
     if not any(_gives_message(a) for a in args.args):
         raise ToolError("git commit needs a message: set the message argument")
     return list(args.args)
+
+
+def _printable(text: str) -> str:
+    # GitPython keeps undecodable bytes as surrogates, which cannot be encoded for the model
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def _gives_message(arg: str) -> bool:

@@ -118,6 +118,14 @@ class Checkpoints:
             self._checkout(f"{target.commit}^{{tree}}", written, Path(tmp) / "restore-index")
         return sorted(deleted + written)
 
+    def changed_since(self, checkpoint: Checkpoint | int) -> list[str]:
+        """Paths whose worktree state differs from `checkpoint` now (what `restore` would touch)."""
+        target = checkpoint if isinstance(checkpoint, Checkpoint) else self.get(checkpoint)
+        with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
+            now = self._snapshot_tree(Path(tmp) / "index")
+        deleted, written = self._changes(now, f"{target.commit}^{{tree}}")
+        return sorted(deleted + written)
+
     # ---- plumbing ------------------------------------------------------------------------
 
     def _snapshot_tree(self, index: Path) -> str:

@@ -40,7 +40,9 @@ def test_round_trip_covers_shell_changes(git_repo: Path, tool_ctx: ToolContext, 
     )
     result = run_tool(ShellTool(JobTable()), {"command": script}, tool_ctx)
     assert result.ok, result.content
+    pending = checkpoints.changed_since(1)
     changed = checkpoints.restore(first)
+    assert pending == changed
     assert changed == [
         "README.md",
         "alias",
@@ -56,6 +58,7 @@ def test_round_trip_covers_shell_changes(git_repo: Path, tool_ctx: ToolContext, 
     assert not (git_repo / "new").exists()  # emptied directories go too
     assert run_git(git_repo, "rev-parse", "HEAD") == head
     assert run_git(git_repo, "status", "-s") == status
+    assert checkpoints.changed_since(first) == []
 
 
 def test_user_index_and_branch_untouched(git_repo: Path, run_git):

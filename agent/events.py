@@ -36,7 +36,9 @@ class Interrupt:
 
 @dataclass(frozen=True)
 class Shutdown:
-    """Finish: flush the store and the KV cache, then stop."""
+    """Finish after the ops queued before it: flush the store and the KV cache, then stop.
+
+    To stop a running turn first, submit Interrupt before Shutdown."""
 
 
 Op = UserInput | ApprovalDecision | Interrupt | Shutdown

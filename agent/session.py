@@ -92,7 +92,7 @@ class AgentSession(AgentHandle):
     # -- AgentHandle -------------------------------------------------------------------------
 
     def submit(self, op: Op) -> None:
-        if isinstance(op, Interrupt | Shutdown):
+        if isinstance(op, Interrupt):
             self.ctx.cancel.set()  # reach a running turn at once, not after it ends
         self._ops.put(op)
 
@@ -129,14 +129,8 @@ class AgentSession(AgentHandle):
         if isinstance(op, UserInput):
             self.turn += 1
             self._checkpoint()
-            result = self.loop.run_turn(self.turn, op.text)
-            if self.store:
-                self.store.set_status(self.session_id, "active")
-            return not (result.status == "interrupted" and self._shutdown_requested())
+            self.loop.run_turn(self.turn, op.text)
         return True  # a stray approval or interrupt between turns
-
-    def _shutdown_requested(self) -> bool:
-        return any(isinstance(op, Shutdown) for op in self._pending)
 
     def _open(self) -> None:
         schemas = [t.schema() for t in self.tools]
@@ -201,11 +195,9 @@ class AgentSession(AgentHandle):
             op = self._ops.get()
             if isinstance(op, ApprovalDecision) and op.call_id == request.call_id:
                 return op
-            if isinstance(op, Interrupt | Shutdown):
-                if isinstance(op, Shutdown):
-                    self._pending.append(op)
+            if isinstance(op, Interrupt):
                 return ApprovalDecision(request.call_id, "deny")
-            if isinstance(op, UserInput):
+            if isinstance(op, UserInput | Shutdown):  # after this turn, in order
                 self._pending.append(op)
 
     def _close(self) -> None:

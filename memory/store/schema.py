@@ -35,6 +35,7 @@ SEGMENT_KINDS: tuple[str, ...] = ("system", "repo", "user", "assistant", "tool",
 
 # Event kinds the agent writes (the store accepts any lowercase identifier; these are the usual).
 EVENT_KINDS: tuple[str, ...] = (
+    "message",
     "user_message",
     "assistant_message",
     "tool_call",

@@ -92,9 +92,15 @@ class SessionStore:
             raise
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], **options: Any) -> SessionStore:
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        synchronous: Synchronous = "NORMAL",
+    ) -> SessionStore:
         """Same as the constructor; reads better at call sites."""
-        return cls(data_dir, **options)
+        return cls(data_dir, create=create, synchronous=synchronous)
 
     def close(self) -> None:
         """Release the connections (SQLite checkpoints the WAL when the last one closes)."""

@@ -32,6 +32,7 @@ class RopeScaling:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     attention_factor: float | None = None
+    truncate: bool = True  # yarn: round the correction range to whole dims (HF default)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ def _rope_scaling(cfg: dict[str, Any]) -> RopeScaling:
     p = _rope_params(cfg)
     kind = p.get("rope_type", p.get("type", "default"))
     if kind not in ("default", "linear", "llama3", "yarn"):
-        raise UnsupportedModel(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3, yarn")
+        raise UnsupportedModel(
+            f"unsupported rope scaling {kind!r}; supported: default, linear, llama3, yarn"
+        )
     known = RopeScaling.__dataclass_fields__
     kwargs = {k: v for k, v in p.items() if k in known and k != "type"}
     return RopeScaling(type=kind, **kwargs)

@@ -1,0 +1,32 @@
+"""Model definitions as plain nn.Modules, and the registry that builds one from a ModelConfig.
+
+Files:
+- llama.py: CausalLM for the Llama family (Llama / Mistral, Qwen2 qkv bias, Qwen3 q/k norm).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from runtime.config import ModelConfig
+from runtime.errors import UnsupportedModel
+from runtime.models.llama import CausalLM
+
+# ModelConfig.family -> model class. One class serves the whole family; flags pick the variant.
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "llama": CausalLM,
+    "qwen2": CausalLM,
+    "qwen3": CausalLM,
+}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate the model for `cfg` on the current default device (use meta to skip init)."""
+    cls = MODEL_REGISTRY.get(cfg.family)
+    if cls is None:
+        names = ", ".join(sorted(MODEL_REGISTRY))
+        raise UnsupportedModel(f"unsupported model family {cfg.family!r}; supported: {names}")
+    return cls(cfg)
+
+
+__all__ = ["MODEL_REGISTRY", "CausalLM", "build_model"]

@@ -1,0 +1,209 @@
+"""Load a GGUF file (llama, qwen2, qwen3 architectures): config from metadata, weights dequantized.
+
+Each tensor is dequantized with `gguf.quants.dequantize` (the same code transformers uses, so the
+fp32 weights are identical), renamed to its Hugging Face name, un-permuted where llama.cpp's
+converter permuted it, cast and assigned, one tensor at a time; a small thread pool overlaps the
+numpy work of the next few tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from gguf.quants import dequantize
+
+from runtime.config import ModelConfig, RopeScaling
+from runtime.errors import CorruptModelFile, UnsupportedModel
+from runtime.loader.common import (
+    LoadedModel,
+    assign_tensor,
+    build_on_meta,
+    check_complete,
+    check_unexpected,
+    merge_ids,
+    parameter_names,
+    weights_id,
+)
+from runtime.loader.gguf_file import GGUFFile, TensorInfo, read_gguf
+
+SUPPORTED_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+ROPE_FREQS = "rope_freqs.weight"  # llama3-style per-frequency divisors, applied to the rotary
+_PREFETCH = 4  # dequantized tensors in flight at most
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Read a GGUF file into our model; raises UnsupportedModel / CorruptModelFile."""
+    gf = read_gguf(path)
+    cfg = gguf_model_config(gf)
+    model = build_on_meta(cfg)
+    names = {name: hf_name(name) for name in gf.tensors if name != ROPE_FREQS}
+    unknown = [name for name, hf in names.items() if hf is None]
+    expected = parameter_names(model)
+    check_unexpected([*unknown, *(hf for hf in names.values() if hf)], expected, set(), path)
+    infos = [gf.tensors[name] for name in names]
+    work = lambda i: _dequantized(gf, i, _permuted_heads(i.name, cfg))  # noqa: E731
+    for info, weights in _prefetch(work, infos):
+        assign_tensor(model, names[info.name], weights, dtype, device)
+    check_complete(model, path)
+    if ROPE_FREQS in gf.tensors:
+        model.model.rotary.set_freq_factors(_dequantized(gf, gf.tensors[ROPE_FREQS]))
+    eos = merge_ids(cfg.eos_token_ids, _token_ids(gf.metadata, ("eot", "eom")))
+    return LoadedModel(model, cfg, path, dtype, weights_id([path]), eos)
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """The Hugging Face parameter name of a llama.cpp tensor name, or None if unknown."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _BLOCK_RE.fullmatch(gguf_name)
+    if m is None or m.group(2) not in _BLOCK_NAMES:
+        return None
+    return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+
+
+def gguf_model_config(gf: GGUFFile) -> ModelConfig:
+    """ModelConfig from GGUF metadata; shapes that metadata may omit come from the tensors."""
+    meta = gf.metadata
+    arch = meta.get("general.architecture")
+    family = SUPPORTED_GGUF_ARCHS.get(str(arch))
+    if family is None:
+        names = ", ".join(sorted(SUPPORTED_GGUF_ARCHS))
+        raise UnsupportedModel(f"unsupported GGUF architecture {arch!r}; supported: {names}")
+
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise CorruptModelFile(f"{gf.path} lacks metadata {arch}.{key}; re-download it")
+        return value
+
+    heads = int(get("attention.head_count"))
+    vocab, hidden = _shape_of(gf, "token_embd.weight")
+    return ModelConfig(
+        family=family,
+        vocab_size=vocab,  # embedding rows: the tokenizer list may be shorter when padded
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=int(get("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=_shape_of(gf, "blk.0.attn_q.weight")[0] // heads,
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(meta, arch),
+        max_position_embeddings=int(get("context_length", 4096)),
+        tie_word_embeddings="output.weight" not in gf.tensors,
+        attention_bias="blk.0.attn_q.bias" in gf.tensors,
+        qk_norm=family == "qwen3",
+        bos_token_id=_token_ids(meta, ("bos",))[0]
+        if "tokenizer.ggml.bos_token_id" in meta
+        else None,
+        eos_token_ids=_token_ids(meta, ("eos",)),
+    )
+
+
+def _shape_of(gf: GGUFFile, name: str) -> tuple[int, ...]:
+    info = gf.tensors.get(name)
+    if info is None:
+        raise CorruptModelFile(f"{gf.path} is missing tensor {name}; re-download it")
+    return info.shape
+
+
+def _rope_scaling(meta: dict[str, Any], arch: str) -> RopeScaling:
+    kind = meta.get(f"{arch}.rope.scaling.type", "none")
+    if kind == "none":
+        return RopeScaling()
+    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0))
+    if kind == "linear":
+        return RopeScaling(type="linear", factor=factor)
+    if kind == "yarn":
+        orig = meta.get(f"{arch}.rope.scaling.original_context_length")
+        return RopeScaling(
+            type="yarn",
+            factor=factor,
+            original_max_position_embeddings=None if orig is None else int(orig),
+            beta_fast=float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
+            beta_slow=float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0)),
+        )
+    raise UnsupportedModel(f"unsupported GGUF rope scaling {kind!r}; supported: none, linear, yarn")
+
+
+def _token_ids(meta: dict[str, Any], kinds: Iterable[str]) -> tuple[int, ...]:
+    keys = (f"tokenizer.ggml.{kind}_token_id" for kind in kinds)
+    return tuple(int(meta[k]) for k in keys if k in meta)
+
+
+def _dequantized(gf: GGUFFile, info: TensorInfo, unpermute_heads: int = 0) -> torch.Tensor:
+    """fp32 weights of one tensor; rows un-permuted for `unpermute_heads` heads when nonzero."""
+    try:
+        weights = dequantize(gf.raw(info), info.qtype)
+    except NotImplementedError as e:
+        raise UnsupportedModel(f"{gf.path}: cannot dequantize {info.qtype.name} ({e})") from e
+    if unpermute_heads:
+        weights = _unpermute(weights, unpermute_heads)
+    if not weights.flags.writeable:  # F32 tensors come back as views of the read-only mapping
+        weights = np.array(weights)
+    return torch.from_numpy(weights)
+
+
+def _permuted_heads(gguf_name: str, cfg: ModelConfig) -> int:
+    """Heads of a q/k tensor llama.cpp permuted (llama architecture only), else 0."""
+    if cfg.family != "llama":
+        return 0
+    if ".attn_q." in gguf_name:
+        return cfg.num_heads
+    return cfg.num_kv_heads if ".attn_k." in gguf_name else 0
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's q/k row permutation, as transformers' reverse_permute does."""
+    half = w.shape[0] // n_head // 2
+    # Rows ordered (head, half, pair) -> (head, pair, half). numpy: torch's copy of this layout
+    # is two orders of magnitude slower on CPU.
+    w = w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2)
+    return np.ascontiguousarray(w).reshape(n_head * half * 2, *w.shape[3:])
+
+
+def _prefetch(fn: Callable[[T], R], items: list[T]) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) in order, up to _PREFETCH computed ahead on threads (numpy drops GIL)."""
+    workers = max(1, min(_PREFETCH, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[tuple[T, Future[R]]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) > _PREFETCH:
+                done_item, fut = pending.popleft()
+                yield done_item, fut.result()
+        while pending:
+            done_item, fut = pending.popleft()
+            yield done_item, fut.result()

@@ -1,0 +1,124 @@
+"""Load a Hugging Face folder: config.json and safetensors weights (one file or index shards)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from runtime.config import ModelConfig
+from runtime.errors import CorruptModelFile, ModelNotFound, UnsupportedModel
+from runtime.loader.common import (
+    LoadedModel,
+    assign_tensor,
+    build_on_meta,
+    check_complete,
+    check_unexpected,
+    merge_ids,
+    parameter_names,
+    weights_id,
+)
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def load_hf_folder(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Build the model on meta, then stream each tensor from its file into place."""
+    config_file = path / "config.json"
+    raw = read_json(config_file)
+    cfg = _model_config(raw, config_file)
+    files = weight_files(path)
+    model = build_on_meta(cfg)
+    expected = parameter_names(model)
+    for file in files:
+        _load_file(model, file, expected, cfg.tie_word_embeddings, dtype, device)
+    check_complete(model, path)
+    eos = merge_ids(cfg.eos_token_ids, _generation_eos(path))
+    wid = weights_id([*files, config_file])
+    return LoadedModel(model, cfg, path, dtype, wid, eos)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON object file; CorruptModelFile naming it when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptModelFile(f"cannot read {path}: {e}; re-download the model") from e
+    if not isinstance(data, dict):
+        raise CorruptModelFile(f"{path} is not a JSON object; re-download the model")
+    return data
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a folder: those an index names, else every *.safetensors."""
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CorruptModelFile(f"{index} has no weight_map; re-download the model")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise CorruptModelFile(
+                    f"{f} named in {INDEX_FILE} is missing; re-download the model"
+                )
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise UnsupportedModel(f"{path} has only PyTorch pickle weights; supported: *.safetensors")
+    raise ModelNotFound(f"no *.safetensors weights in {path}; run `agent models pull NAME` again")
+
+
+def _model_config(raw: dict[str, Any], config_file: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_hf(raw)
+    except KeyError as e:
+        raise CorruptModelFile(f"{config_file} lacks {e}; re-download the model") from e
+
+
+@contextmanager
+def _open(file: Path):
+    """safe_open with a truncated or garbled file reported as CorruptModelFile naming it."""
+    try:
+        handle = safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CorruptModelFile(f"cannot read {file}: {e}; re-download it") from e
+    with handle as f:
+        yield f
+
+
+def _load_file(model, file: Path, expected: set[str], tied: bool, dtype, device) -> None:
+    with _open(file) as f:
+        names = list(f.keys())
+        # Old checkpoints store rotary buffers; tied ones sometimes still store the head.
+        ignorable = {n for n in names if n.endswith("rotary_emb.inv_freq")}
+        if tied:
+            ignorable.add("lm_head.weight")
+        check_unexpected(names, expected, ignorable, file)
+        for name in names:
+            if name in expected:
+                assign_tensor(model, name, _tensor(f, name, file), dtype, device)
+
+
+def _tensor(f, name: str, file: Path) -> torch.Tensor:
+    try:
+        return f.get_tensor(name)
+    except (SafetensorError, OSError) as e:
+        raise CorruptModelFile(f"cannot read tensor {name} from {file}: {e}; re-download it") from e
+
+
+def _generation_eos(path: Path) -> list[int]:
+    """eos ids from generation_config.json (an int or a list), when present."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return []
+    eos = read_json(file).get("eos_token_id")
+    if eos is None:
+        return []
+    return list(eos) if isinstance(eos, list) else [eos]

@@ -73,9 +73,9 @@ def test_timeout_kills_the_whole_group(tool_ctx: ToolContext, jobs: JobTable, gi
     # the child ignores SIGTERM, so only the SIGKILL after the grace period ends it
     command = "(trap '' TERM; sleep 30) & echo $! > child.pid; sleep 30"
     start = time.monotonic()
-    result = sh(tool_ctx, jobs, command, timeout_s=0.5)
+    result = sh(tool_ctx, jobs, command, timeout_s=1)
     assert time.monotonic() - start < 5
-    assert not result.ok and "timed out after 0.5 s" in result.content
+    assert not result.ok and "timed out after 1 s" in result.content
     assert result.metadata["stopped"].startswith("timed out")
     assert not group_alive(result.metadata["pid"])
     child = int((git_repo / "child.pid").read_text())
@@ -101,21 +101,31 @@ def test_timeout_is_clamped(tool_ctx: ToolContext, jobs: JobTable):
     assert not sh(tool_ctx, jobs, "true", timeout_s=0).ok
 
 
-def test_background_job(tool_ctx: ToolContext, jobs: JobTable):
-    started = sh(tool_ctx, jobs, "echo first; sleep 0.3; echo second; sleep 30", background=True)
+def test_background_job(tool_ctx: ToolContext, jobs: JobTable, git_repo: Path):
+    command = "echo first; until [ -e go ]; do sleep 0.02; done; echo second; sleep 30"
+    started = sh(tool_ctx, jobs, command, background=True)
     assert started.ok and started.metadata["job_id"] == 1
     output = ShellOutputTool(jobs)
-    time.sleep(0.1)
-    first = run_tool(output, {"job_id": 1}, tool_ctx)
-    assert first.content == "first\n\n[job 1: running]"
-    time.sleep(0.5)
-    second = run_tool(output, {"job_id": 1}, tool_ctx)
-    assert second.content == "second\n\n[job 1: running]"  # only what is new
+    assert _output_until(output, tool_ctx, "first") == "first\n\n[job 1: running]"
+    (git_repo / "go").touch()
+    assert _output_until(output, tool_ctx, "second") == "second\n\n[job 1: running]"
     killed = run_tool(output, {"job_id": 1, "kill": True}, tool_ctx)
     assert "(no new output)" in killed.content and "killed by signal" in killed.content
     assert not group_alive(started.metadata["pid"])
     missing = run_tool(output, {"job_id": 7}, tool_ctx)
     assert not missing.ok and "no background job 7; known jobs: [1]" in missing.content
+
+
+def _output_until(output: ShellOutputTool, ctx: ToolContext, text: str) -> str:
+    """shell_output of job 1, polled until `text` shows (only new output comes back each time)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        content = run_tool(output, {"job_id": 1}, ctx).content
+        if text in content:
+            return content
+        assert content.startswith("(no new output)"), content
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never showed")
 
 
 def test_closing_stops_background_jobs(tool_ctx: ToolContext, jobs: JobTable):

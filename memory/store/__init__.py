@@ -6,6 +6,7 @@ Files:
 - migrations.py: the ordered, named schema migrations and `migrate`.
 - records.py: the frozen dataclasses handed out (SessionInfo, Event, Segment, Checkpoint).
 - session_store.py: SessionStore, the single writer and all the reads.
+- queries.py: the store's SQL, small functions run inside SessionStore's transactions.
 - export.py: a session as JSON-able data.
 """
 

@@ -23,22 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    Connection,
-    Select,
-    delete,
-    exists,
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Connection, delete, insert, select
 
+from memory.store import queries as q
 from memory.store import records
 from memory.store.db import (
-    AmbiguousSessionId,
-    SessionNotFound,
     StoreError,
     Synchronous,
     make_engine,
@@ -49,7 +38,6 @@ from memory.store.migrations import migrate
 from memory.store.records import Checkpoint, Event, Segment, SessionInfo, utc_now
 from memory.store.schema import (
     FORK,
-    REWIND,
     SEGMENT_KINDS,
     SESSION_STATUSES,
     STORE_EVENT_KINDS,
@@ -61,7 +49,6 @@ from memory.store.schema import (
 )
 
 EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
-LIST_HINT = "`agent sessions list` shows the ids"
 
 
 class SessionStore:
@@ -145,8 +132,8 @@ class SessionStore:
         """Start an active session on `repo_root` (stored resolved) at turn 0."""
         with self._write() as conn:
             if parent_id is not None:
-                _turn_count(conn, parent_id)
-            session_id = _insert_session(
+                q.turn_count(conn, parent_id)
+            session_id = q.insert_session(
                 conn,
                 repo_root=records.normalize_repo_root(repo_root),
                 model=model,
@@ -160,8 +147,8 @@ class SessionStore:
     def get(self, session_id: str) -> SessionInfo:
         """The session with this id or unique id prefix."""
         with self._read() as conn:
-            full_id = _resolve(conn, session_id)
-            return records.session_info(conn.execute(_info_query().where(_is(full_id))).one())
+            full_id = q.resolve(conn, session_id)
+            return q.session_info(conn, full_id)
 
     def latest(self, repo_root: str | os.PathLike[str] | None = None) -> SessionInfo | None:
         """The most recently active session (on `repo_root` if given), for `--continue`."""
@@ -172,7 +159,7 @@ class SessionStore:
         self, repo_root: str | os.PathLike[str] | None = None, limit: int = 50
     ) -> list[SessionInfo]:
         """Sessions by last activity, newest first, with their summaries."""
-        query = _info_query().order_by(sessions.c.updated_at.desc(), sessions.c.id.desc())
+        query = q.info_query().order_by(sessions.c.updated_at.desc(), sessions.c.id.desc())
         if repo_root is not None:
             query = query.where(sessions.c.repo_root == records.normalize_repo_root(repo_root))
         with self._read() as conn:
@@ -191,16 +178,12 @@ class SessionStore:
     def delete(self, session_id: str) -> None:
         """Delete the session with its events, tokens and checkpoints; its forks lose the link."""
         with self._write() as conn:
-            if conn.execute(delete(sessions).where(_is(session_id))).rowcount == 0:
-                raise _not_found(session_id)
+            if conn.execute(delete(sessions).where(q.is_session(session_id))).rowcount == 0:
+                raise q.not_found(session_id)
 
     def _update_session(self, session_id: str, **values: Any) -> None:
         with self._write() as conn:
-            done = conn.execute(
-                update(sessions).where(_is(session_id)).values(updated_at=utc_now(), **values)
-            )
-            if done.rowcount == 0:
-                raise _not_found(session_id)
+            q.update_session(conn, session_id, updated_at=utc_now(), **values)
 
     # ---- the event log ------------------------------------------------------------------
 
@@ -215,24 +198,24 @@ class SessionStore:
                 f"{', '.join(STORE_EVENT_KINDS)} (those are the store's own)"
             )
         text = records.dump_payload(payload)
-        _check_turn(turn)
+        turn = _check_turn(turn)
         with self._write() as conn:
-            _advance_turn(conn, session_id, turn)
-            return _insert_event(conn, session_id, turn, kind, text)
+            q.advance_turn(conn, session_id, turn)
+            return q.insert_event(conn, session_id, turn, kind, text)
 
     def events(
         self, session_id: str, since: int | None = None, include_superseded: bool = False
     ) -> list[Event]:
         """The session's events in order; `since` an event id gives only the later ones."""
         e = events.alias("e")
-        superseded = _superseded(e).label("superseded")
+        superseded = q.superseded(e).label("superseded")
         query = select(e, superseded).where(e.c.session_id == session_id).order_by(e.c.id)
         if since is not None:
             query = query.where(e.c.id > since)
         if not include_superseded:
-            query = query.where(~_superseded(e))
+            query = query.where(~q.superseded(e))
         with self._read() as conn:
-            _turn_count(conn, session_id)
+            q.turn_count(conn, session_id)
             return [records.event(row) for row in conn.execute(query)]
 
     # ---- the token log ------------------------------------------------------------------
@@ -248,11 +231,13 @@ class SessionStore:
         """Append a segment of token ids at `turn`; return its index in the log."""
         if kind not in SEGMENT_KINDS:
             raise ValueError(f"segment kind must be one of {', '.join(SEGMENT_KINDS)}: {kind!r}")
-        _check_turn(turn)
+        turn = _check_turn(turn)
         blob = records.encode_tokens(ids)
         with self._write() as conn:
-            _advance_turn(conn, session_id, turn)
-            index = _next(conn, token_segments.c.idx, token_segments.c.session_id == session_id)
+            q.advance_turn(conn, session_id, turn)
+            index = q.next_value(
+                conn, token_segments.c.idx, token_segments.c.session_id == session_id
+            )
             conn.execute(
                 insert(token_segments).values(
                     session_id=session_id,
@@ -275,7 +260,7 @@ class SessionStore:
             .order_by(token_segments.c.idx)
         )
         with self._read() as conn:
-            _turn_count(conn, session_id)
+            q.turn_count(conn, session_id)
             rows = conn.execute(query).all()
         return records.decode_tokens([r.tokens for r in rows], sum(r.n_tokens for r in rows))
 
@@ -292,7 +277,7 @@ class SessionStore:
             .order_by(token_segments.c.idx)
         )
         with self._read() as conn:
-            _turn_count(conn, session_id)
+            q.turn_count(conn, session_id)
             return [records.segment(row, with_ids) for row in conn.execute(query)]
 
     # ---- rewind, fork, checkpoints ------------------------------------------------------
@@ -304,33 +289,33 @@ class SessionStore:
         Rewinding to the current turn records nothing but still drops checkpoints taken for
         the turn that was about to start.
         """
-        _check_turn(turn)
+        turn = _check_turn(turn)
         with self._write() as conn:
-            current = _turn_count(conn, session_id)
+            current = q.turn_count(conn, session_id)
             if turn > current:
                 raise StoreError(
                     f"cannot rewind session {session_id} to turn {turn}: it is at turn {current}"
                 )
             if turn < current:
-                _record_rewind(conn, session_id, turn, current)
+                q.record_rewind(conn, session_id, turn, current)
             for table in (token_segments, checkpoints):
                 where = (table.c.session_id == session_id, table.c.turn > turn)
                 conn.execute(delete(table).where(*where))
-            return _n_tokens(conn, session_id)
+            return q.n_tokens(conn, session_id)
 
     def fork(self, session_id: str, at_turn: int | None = None) -> SessionInfo:
         """A new session (child of this one) holding this one's live log up to `at_turn`."""
         with self._write() as conn:
-            parent = conn.execute(select(sessions).where(_is(session_id))).first()
+            parent = conn.execute(select(sessions).where(q.is_session(session_id))).first()
             if parent is None:
-                raise _not_found(session_id)
+                raise q.not_found(session_id)
             turn = parent.turn_count if at_turn is None else at_turn
             if not 0 <= turn <= parent.turn_count:
                 raise StoreError(
                     f"cannot fork session {session_id} at turn {turn}: "
                     f"its turns are 0..{parent.turn_count}"
                 )
-            child_id = _insert_session(
+            child_id = q.insert_session(
                 conn,
                 repo_root=parent.repo_root,
                 model=parent.model,
@@ -339,9 +324,9 @@ class SessionStore:
                 parent_id=session_id,
                 turn_count=turn,
             )
-            _copy_log(conn, session_id, child_id, turn)
+            q.copy_log(conn, session_id, child_id, turn)
             payload = records.dump_payload({"parent_id": session_id, "at_turn": turn})
-            _insert_event(conn, child_id, turn, FORK, payload)
+            q.insert_event(conn, child_id, turn, FORK, payload)
         return self.get(child_id)
 
     def add_checkpoint(
@@ -351,11 +336,11 @@ class SessionStore:
 
         `turn` may run one ahead of the session: the agent checkpoints as a turn starts.
         """
-        _check_turn(turn)
+        turn = _check_turn(turn)
         now = utc_now()
         values = dict(session_id=session_id, turn=turn, ref=ref, created_at=now)
         with self._write() as conn:
-            _turn_count(conn, session_id)
+            q.turn_count(conn, session_id)
             done = conn.execute(insert(checkpoints).values(commit_sha=commit, **values))
         return Checkpoint(id=done.inserted_primary_key[0], commit=commit, **values)
 
@@ -367,7 +352,7 @@ class SessionStore:
             .order_by(checkpoints.c.turn, checkpoints.c.id)
         )
         with self._read() as conn:
-            _turn_count(conn, session_id)
+            q.turn_count(conn, session_id)
             return [records.checkpoint(row) for row in conn.execute(query)]
 
     # ---- whole sessions and the file ----------------------------------------------------
@@ -389,138 +374,7 @@ class SessionStore:
         return problems
 
 
-# ---- helpers, each run inside the caller's transaction ----------------------------------
-
-
-def _is(session_id: str):  # noqa: ANN202 - a SQLAlchemy boolean clause
-    return sessions.c.id == session_id
-
-
-def _not_found(session_id: str) -> SessionNotFound:
-    return SessionNotFound(f"no session {session_id!r}; {LIST_HINT}")
-
-
-def _check_turn(turn: int) -> None:
-    if not isinstance(turn, int) or turn < 0:
+def _check_turn(turn: int) -> int:
+    if isinstance(turn, bool) or not isinstance(turn, (int, np.integer)) or turn < 0:
         raise ValueError(f"turn must be a non-negative int, not {turn!r}")
-
-
-def _turn_count(conn: Connection, session_id: str) -> int:
-    """The session's current turn; raises SessionNotFound if there is no such session."""
-    found = conn.execute(select(sessions.c.turn_count).where(_is(session_id))).scalar()
-    if found is None:
-        raise _not_found(session_id)
-    return found
-
-
-def _advance_turn(conn: Connection, session_id: str, turn: int) -> None:
-    """Move the session to `turn` and mark it active now; the past is closed to appends."""
-    current = _turn_count(conn, session_id)
-    if turn < current:
-        raise StoreError(
-            f"session {session_id} is at turn {current}, so turn {turn} is closed: the log is "
-            "append-only (rewind with truncate_to_turn first)"
-        )
-    _set_turn(conn, session_id, turn)
-
-
-def _set_turn(conn: Connection, session_id: str, turn: int) -> None:
-    values = dict(turn_count=turn, updated_at=utc_now())
-    conn.execute(update(sessions).where(_is(session_id)).values(**values))
-
-
-def _next(conn: Connection, column: Any, *where: Any) -> int:
-    """One past the largest `column` among the rows matching `where` (0 if none)."""
-    return conn.execute(select(func.coalesce(func.max(column) + 1, 0)).where(*where)).scalar_one()
-
-
-def _insert_event(conn: Connection, session_id: str, turn: int, kind: str, payload: str) -> int:
-    seq = _next(conn, events.c.seq, events.c.session_id == session_id, events.c.turn == turn)
-    values = dict(session_id=session_id, turn=turn, seq=seq, kind=kind, payload=payload)
-    done = conn.execute(insert(events).values(created_at=utc_now(), **values))
-    return done.inserted_primary_key[0]
-
-
-def _insert_session(conn: Connection, **values: Any) -> str:
-    now = utc_now()
-    session_id = records.new_session_id(now)
-    # Ids are unique to the second only by their random tail; we hold the write lock, so
-    # checking first is race-free.
-    while conn.execute(select(sessions.c.id).where(_is(session_id))).first() is not None:
-        session_id = records.new_session_id(now)
-    conn.execute(
-        insert(sessions).values(
-            id=session_id, status="active", created_at=now, updated_at=now, **values
-        )
-    )
-    return session_id
-
-
-def _info_query() -> Select[Any]:
-    n_tokens = (
-        select(func.coalesce(func.sum(token_segments.c.n_tokens), 0))
-        .where(token_segments.c.session_id == sessions.c.id)
-        .scalar_subquery()
-    )
-    return select(*sessions.c, n_tokens.label("n_tokens"))
-
-
-def _resolve(conn: Connection, prefix: str) -> str:
-    """The one session id equal to or starting with `prefix`."""
-    prefix = prefix.strip()
-    if conn.execute(select(sessions.c.id).where(_is(prefix))).first() is not None:
-        return prefix
-    matching = select(sessions.c.id).where(sessions.c.id.startswith(prefix, autoescape=True))
-    found = [] if not prefix else list(conn.execute(matching.limit(4)).scalars())
-    if not found:
-        raise SessionNotFound(f"no session id starts with {prefix!r}; {LIST_HINT}")
-    if len(found) > 1:
-        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-        raise AmbiguousSessionId(
-            f"session id {prefix!r} is ambiguous ({shown}); give more of the id"
-        )
-    return found[0]
-
-
-def _superseded(e: Any):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
-    """True for an event that a later rewind, to an earlier turn, went back over."""
-    r = events.alias("r")
-    return exists().where(
-        r.c.session_id == e.c.session_id,
-        r.c.kind == REWIND,
-        r.c.id > e.c.id,
-        r.c.turn < e.c.turn,
-    )
-
-
-def _n_tokens(conn: Connection, session_id: str) -> int:
-    where = token_segments.c.session_id == session_id
-    return conn.execute(
-        select(func.coalesce(func.sum(token_segments.c.n_tokens), 0)).where(where)
-    ).scalar_one()
-
-
-def _record_rewind(conn: Connection, session_id: str, turn: int, current: int) -> None:
-    _set_turn(conn, session_id, turn)
-    payload = records.dump_payload({"to_turn": turn, "from_turn": current})
-    _insert_event(conn, session_id, turn, REWIND, payload)
-
-
-def _copy_log(conn: Connection, source: str, target: str, turn: int) -> None:
-    """Copy the live events, the token segments and the checkpoints up to `turn`, in SQL."""
-    e = events.alias("e")
-    copied = ["turn", "seq", "kind", "payload", "created_at"]
-    live = (
-        select(literal(target), *(e.c[name] for name in copied))
-        .where(e.c.session_id == source, e.c.turn <= turn, ~_superseded(e))
-        .order_by(e.c.id)
-    )
-    conn.execute(insert(events).from_select(["session_id", *copied], live))
-    for table, order in ((token_segments, token_segments.c.idx), (checkpoints, checkpoints.c.id)):
-        names = [c.name for c in table.c if c.name not in ("session_id", "id")]
-        rows = (
-            select(literal(target), *(table.c[n] for n in names))
-            .where(table.c.session_id == source, table.c.turn <= turn)
-            .order_by(order)
-        )
-        conn.execute(insert(table).from_select(["session_id", *names], rows))
+    return int(turn)

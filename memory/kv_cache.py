@@ -137,7 +137,7 @@ class TieredKVCache:
     def acquire(self, hashes: list[bytes]) -> Acquired:
         """Bring the longest available prefix to the device and pin it (see the class doc)."""
         self._drain()
-        for e in self.index.match(hashes):
+        for e in reversed(self.index.match(hashes)):
             self.index.touch(e)  # so making room below evicts other pages first
         got = Acquired()
         while len(got.pages) < len(hashes):
@@ -270,7 +270,9 @@ class TieredKVCache:
     def release(self, page_ids: list[int]) -> None:
         """Drop one holder of each page: private pages are freed at zero, sealed stay cached."""
         freed = []
-        for p in page_ids:
+        # Reversed: a chain's tail becomes least recently used, so eviction takes it before the
+        # head, without which the tail could not be used anyway.
+        for p in reversed(page_ids):
             holders = self._private.get(p)
             if holders is None:
                 self.index.unpin(self._sealed(p))

@@ -134,7 +134,7 @@ class Checkpoints:
             self._git("rev-parse", "--path-format=absolute", "--git-path", "index").strip()
         )
         if user_index.exists():
-            shutil.copyfile(user_index, index)
+            shutil.copy2(user_index, index)  # keep its mtime: git spots racily-clean entries by it
         env = {"GIT_INDEX_FILE": str(index)}
         self._git("add", "-A", "--", ".", env=env)
         return self._git("write-tree", env=env).strip()

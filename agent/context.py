@@ -46,10 +46,3 @@ def system_message(schemas: list[dict[str, Any]], snapshot: Snapshot | None,
     if snapshot is not None and snapshot.text:
         parts.append(snapshot.text.rstrip("\n"))
     return {"role": "system", "content": "\n\n".join(parts)}
-
-
-def change_note(diffs: dict[str, str]) -> dict[str, str]:
-    """A factual note about files changed outside the agent, appended before the next message."""
-    body = "\n".join(f"--- {path}\n{diff}" for path, diff in sorted(diffs.items()))
-    return {"role": "user",
-            "content": f"[note] These files changed outside the agent since the last turn:\n{body}"}

@@ -21,12 +21,14 @@ from agent.events import (
     Error,
     Event,
     Interrupt,
+    Note,
     Op,
     Progress,
     SessionStarted,
     Shutdown,
     UserInput,
 )
+from agent.external_changes import ExternalChanges
 from agent.handle import AgentHandle
 from agent.loop import AgentLoop, LoopConfig, NullRecorder, Recorder
 from agent.permissions import Permissions
@@ -129,7 +131,12 @@ class AgentSession(AgentHandle):
         if isinstance(op, UserInput):
             self.turn += 1
             self._checkpoint()
-            self.loop.run_turn(self.turn, op.text)
+            preamble = self._outside_changes()
+            self.watcher.turn_started()
+            try:
+                self.loop.run_turn(self.turn, op.text, preamble)
+            finally:
+                self.watcher.turn_finished()
         return True  # a stray approval or interrupt between turns
 
     def _open(self) -> None:
@@ -142,6 +149,8 @@ class AgentSession(AgentHandle):
         self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
                               self._approve, recorder, self.options.loop,
                               self.backend.context_window)
+        self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved")
+        self.watcher.start(resumed=restore is not None)
         self._events.put(SessionStarted(self.session_id, self.backend.name,
                                         str(self.workspace.root), restore is not None,
                                         self.backend.context_window))
@@ -177,6 +186,13 @@ class AgentSession(AgentHandle):
         self._events.put(Progress("restore", 0, len(tokens), "tokens"))
         return {"messages": messages, "text": text, "tokens": tokens}
 
+    def _outside_changes(self) -> list[dict]:
+        note = self.watcher.note()
+        if not note:
+            return []
+        self._events.put(Note(note))
+        return [{"role": "user", "content": note}]
+
     def _checkpoint(self) -> None:
         if not self.store:
             return
@@ -204,6 +220,8 @@ class AgentSession(AgentHandle):
         try:
             for tool in self.tools:
                 tool.close()
+            if getattr(self, "watcher", None):
+                self.watcher.stop()
             flush = getattr(getattr(self.backend, "model", None), "flush", None)
             if flush:
                 flush()

@@ -17,7 +17,8 @@ def register(sub) -> None:
     )
     add_model_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="a user message, rendered with the chat template ('-': stdin)")
+    src.add_argument("--prompt", help="a user message, rendered with the chat template "
+                     "('-': stdin)")
     src.add_argument("--raw", help="text tokenized as is, no template ('-': stdin)")
     p.add_argument("--system", default=None, help="system message (with --prompt)")
     p.add_argument("--max-tokens", type=int, default=256)

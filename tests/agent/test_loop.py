@@ -181,3 +181,30 @@ def test_resume_continues_the_conversation(git_repo, tmp_path, fmt):
     assert session.wait_closed(10)
     assert "remember 42" in seen and "remembered" in seen
     assert store.get(first.session_id).turn_count == 2
+
+
+def test_outside_changes_are_appended_as_a_note(git_repo, tmp_path):
+    seen = []
+
+    def capture(messages):
+        seen.append([m["content"] for m in messages])
+        return "noted"
+
+    backend = ScriptedBackend(["first", capture])
+    session = AgentSession(backend, git_repo, SessionStore(tmp_path / "d"),
+                           options=SessionOptions(permission_mode="auto"))
+    session.submit(UserInput("hello"))
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e, TurnFinished) for e in iter(lambda: session.next_event(0.05),
+                                                             None)):
+        assert time.monotonic() < deadline
+    time.sleep(0.3)
+    (git_repo / "src/util.py").write_text("def helper(x):\n    return x + 2\n")
+    time.sleep(1.5)  # watchfiles debounce
+    session.submit(UserInput("again"))
+    session.submit(Shutdown())
+    assert session.wait_closed(10)
+    note = [c for c in seen[0] if c.startswith("[note]")]
+    assert note and "-    return x + 1" in note[0] and "+    return x + 2" in note[0]
+    first = [c for c in seen[0] if "def helper" in c and c.startswith("You are")]
+    assert first and "return x + 1" in first[0]  # the snapshot in the system message is unchanged

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
@@ -76,7 +76,7 @@ def make_engine(db_path: Path, synchronous: Synchronous = "NORMAL") -> Engine:
     """
     assert synchronous in ("NORMAL", "FULL"), f"synchronous is NORMAL or FULL, not {synchronous}"
     engine = create_engine(
-        f"sqlite:///{db_path}",
+        URL.create("sqlite", database=str(db_path)),  # a URL string would choke on '?' or '#'
         poolclass=QueuePool,
         pool_size=4,
         max_overflow=4,

@@ -54,6 +54,8 @@ EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 class SessionStore:
     """The session database. Thread-safe; one instance per process should do all the writing.
 
+    `path` is the database file; `applied_migrations` names the migrations this opening applied.
+
     Methods taking `session_id` want a full id; `get` also resolves a unique prefix. Unknown ids
     raise SessionNotFound; malformed arguments raise ValueError; other StoreErrors carry a one-line
     message that names the fix.

@@ -51,3 +51,12 @@ def test_unwritable_data_dir_is_named_with_the_fix(
     assert str(e.value) == (
         f"data dir {tmp_path} is not writable; pass a writable --data-dir or set AGENT_DATA_DIR"
     )
+
+
+def test_data_dir_names_are_paths_not_urls(tmp_path: Path) -> None:
+    odd = tmp_path / "my data #1?mode=ro&x=é"
+    with SessionStore(odd) as store:
+        store.create_session(odd, "m", "fp")
+    assert (odd / "sessions.db").is_file()
+    with SessionStore(odd) as store:
+        assert len(store.list_sessions()) == 1

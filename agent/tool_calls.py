@@ -56,7 +56,8 @@ def _parse_body(body: str, call_id: str) -> ToolCall:
         return ToolCall(call_id, "", {}, f"tool call is not valid JSON ({e.msg} at char {e.pos}); "
                         'write {"name": "<tool>", "arguments": {...}} inside <tool_call> tags')
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return ToolCall(call_id, "", {}, 'tool call needs a "name" string and an "arguments" object')
+        need = 'tool call needs a "name" string and an "arguments" object'
+        return ToolCall(call_id, "", {}, need)
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models double-encode the arguments
         try:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from memory.device_pool import DevicePagePool
+from memory.hashing import model_fingerprint
+from memory.kv_cache import TieredKVCache
 from memory.kv_layout import KVLayout
 from runtime import settings
 from runtime.chat_template import ChatTemplate
@@ -20,6 +22,9 @@ from runtime.kernels.backend import create_backend, default_backend_name
 from runtime.loader import load_model
 from runtime.model_cache import resolve_model
 from runtime.tokenizer import Tokenizer
+
+# Bump whenever the engine changes what it writes into a KV page.
+KV_LAYOUT_VERSION = 1
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,6 +40,9 @@ class RuntimeOptions:
     backend: str | None = None
     prefill_chunk: int | None = None
     progress: bool = False
+    prefix_cache: bool = True  # reuse KV across sequences, sessions and processes (disk tier)
+    host_pages: int | None = None  # default: a quarter of the device pages on CPU, all on GPU
+    disk_max_bytes: int | None = None
 
 
 @dataclass
@@ -50,6 +58,17 @@ class LocalModel:
     weights_id: str
     dtype: torch.dtype
     load_s: float
+    fingerprint: str = ""  # hex of the KV fingerprint: weights, dtypes, rope, page layout
+
+    def flush(self) -> None:
+        """Make every sealed KV page durable (the end of a turn or of a command)."""
+        self.engine.kv.flush()
+
+    def close(self) -> None:
+        self.flush()
+        close = getattr(self.engine.kv, "close", None)
+        if close:
+            close()
 
     @property
     def context_window(self) -> int:
@@ -69,7 +88,10 @@ class LocalModel:
             prefer_transposed_linears(loaded.model)
         tokenizer = _load_tokenizer(path)
         cfg = loaded.config
-        kv = kv or PrivatePages(_device_pool(cfg, dtype, device, options))
+        layout = kv_layout_for(cfg, dtype, options.page_size or default_page_size(device))
+        fingerprint = model_fingerprint(loaded.weights_id, dtype, layout, _rope_string(cfg),
+                                        KV_LAYOUT_VERSION)
+        kv = kv or _kv_pages(cfg, layout, fingerprint, device, options)
         backend = create_backend(options.backend or default_backend_name(device))
         stop_ids = frozenset(loaded.generation_eos_ids) | frozenset(tokenizer.eos_ids)
         engine = Engine(loaded.model, kv, backend, max_context=cfg.max_position_embeddings,
@@ -77,8 +99,8 @@ class LocalModel:
                         config=EngineConfig(prefill_chunk=options.prefill_chunk or
                                             (512 if device.type == "cpu" else 8192)))
         template = _template(tokenizer)
-        return cls(spec or settings.default_model(), path, cfg, tokenizer, template, engine, loaded.weights_id,
-                   dtype, time.perf_counter() - start)
+        return cls(spec, path, cfg, tokenizer, template, engine, loaded.weights_id, dtype,
+                   time.perf_counter() - start, fingerprint.hex())
 
 
 def _default_dtype(device: torch.device) -> str:
@@ -93,10 +115,20 @@ def kv_layout_for(cfg: ModelConfig, dtype: torch.dtype, page_size: int) -> KVLay
     return KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
 
 
-def _device_pool(cfg: ModelConfig, dtype, device, options: RuntimeOptions) -> DevicePagePool:
-    page_size = options.page_size or default_page_size(device)
-    pages = options.kv_pages or 2 * -(-cfg.max_position_embeddings // page_size)
-    return DevicePagePool(kv_layout_for(cfg, dtype, page_size), pages, device)
+def _kv_pages(cfg: ModelConfig, layout: KVLayout, fingerprint: bytes, device: torch.device,
+              options: RuntimeOptions) -> KVPages:
+    """Tiered pages with a disk tier under the cache dir, or private pages without reuse."""
+    pages = options.kv_pages or 2 * -(-cfg.max_position_embeddings // layout.page_size)
+    if not options.prefix_cache:
+        return PrivatePages(DevicePagePool(layout, pages, device))
+    host = options.host_pages or (pages if device.type == "cuda" else max(pages // 4, 1))
+    return TieredKVCache(layout, pages, host, fingerprint, disk_dir=settings.cache_dir(),
+                         disk_max_bytes=options.disk_max_bytes, device=device)
+
+
+def _rope_string(cfg: ModelConfig) -> str:
+    """The rope settings as a canonical string, for the KV fingerprint."""
+    return f"theta={cfg.rope_theta};{cfg.rope_scaling}"
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:

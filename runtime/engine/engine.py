@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from memory.device_pool import PagePoolExhausted
 from runtime.engine.kv_pages import KVPages
 from runtime.engine.model_runner import ModelRunner, Work
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling import SamplingParams
 from runtime.engine.scheduler import Request, Scheduler
 from runtime.engine.sequence import BlockTable, Sequence
-from runtime.errors import ContextTooLong
+from runtime.errors import ContextTooLong, OutOfPages
 from runtime.kernels.backend import AttentionBackend
 
 
@@ -104,7 +105,7 @@ class Engine:
         self.kv.pin(shared)
         child.table.append(shared)
         if len(seq.pages) > full:
-            page = self.kv.alloc(1)
+            page = self._alloc(1)
             self.kv.pool.copy_page(seq.pages[full], page[0])
             child.table.append(page)
         child.last_logits = None if seq.last_logits is None else seq.last_logits.clone()
@@ -171,9 +172,16 @@ class Engine:
         self._copy_on_write(seq, last // self.page_size)
         seq.num_computed = last
 
+    def _alloc(self, n: int) -> list[int]:
+        try:
+            return self.kv.alloc(n)
+        except PagePoolExhausted as e:
+            raise OutOfPages(f"{e}; start with more KV pages (--kv-pages) or a shorter context"
+                             ) from e
+
     def _copy_on_write(self, seq: Sequence, index: int) -> None:
         old = seq.pages[index]
-        new = self.kv.alloc(1)[0]
+        new = self._alloc(1)[0]
         self.kv.pool.copy_page(old, new)
         seq.table.replace(index, new)
         self.kv.release([old])
@@ -196,7 +204,7 @@ class Engine:
     def _ensure_pages(self, seq: Sequence, end: int) -> None:
         missing = -(-end // self.page_size) - len(seq.table)
         if missing > 0:
-            seq.table.append(self.kv.alloc(missing))
+            seq.table.append(self._alloc(missing))
 
     def _seal_full_pages(self, seq: Sequence) -> None:
         if not self.kv.prefix_caching:

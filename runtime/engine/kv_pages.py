@@ -6,8 +6,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from memory.device_pool import DevicePagePool, PagePoolExhausted
-from runtime.errors import OutOfPages
+from memory.device_pool import DevicePagePool
 
 
 @dataclass
@@ -62,10 +61,7 @@ class PrivatePages:
         return Acquired()
 
     def alloc(self, n: int) -> list[int]:
-        try:
-            pages = self.pool.alloc(n)
-        except PagePoolExhausted as e:
-            raise OutOfPages(f"{e}; start with a larger --kv-pages or a shorter context") from e
+        pages = self.pool.alloc(n)  # PagePoolExhausted: the engine turns it into OutOfPages
         for p in pages:
             self._refs[p] = 1
         return pages

@@ -6,7 +6,6 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-
 from torch import nn
 
 from runtime.engine.sequence import Sequence

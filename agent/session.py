@@ -137,6 +137,7 @@ class AgentSession(AgentHandle):
                 self.loop.run_turn(self.turn, op.text, preamble)
             finally:
                 self.watcher.turn_finished()
+                self.backend.flush()
         return True  # a stray approval or interrupt between turns
 
     def _open(self) -> None:
@@ -222,9 +223,7 @@ class AgentSession(AgentHandle):
                 tool.close()
             if getattr(self, "watcher", None):
                 self.watcher.stop()
-            flush = getattr(getattr(self.backend, "model", None), "flush", None)
-            if flush:
-                flush()
+            self.backend.flush()
             if self.store and self.session_id:
                 self.store.set_status(self.session_id, "finished")
         except Exception:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from memory.cache_usage import record_usage
 from memory.device_pool import DevicePagePool
 from memory.hashing import model_fingerprint
 from memory.kv_cache import TieredKVCache
@@ -65,7 +66,11 @@ class LocalModel:
         self.engine.kv.flush()
 
     def close(self) -> None:
+        """Flush, record this process's cache hits, stop the KV background threads."""
         self.flush()
+        stats = getattr(self.engine.kv, "stats", None)
+        if stats:
+            record_usage(settings.cache_dir(), stats())
         close = getattr(self.engine.kv, "close", None)
         if close:
             close()

@@ -108,3 +108,11 @@ class ModelBackend(ABC):
     def conversation(self, tools: list[dict[str, Any]], restore: dict[str, Any] | None = None
                      ) -> Conversation:
         """A new conversation, or one rebuilt from `Conversation.state()` saved earlier."""
+
+    def flush(self) -> None:
+        """Make the work so far durable (the KV pages of the turn); called at each turn end."""
+        return None
+
+    def close(self) -> None:
+        """Release the model; the backend is not used afterwards."""
+        return None

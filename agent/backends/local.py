@@ -32,6 +32,12 @@ class LocalBackend(ModelBackend):
         template = self.model.template
         return template is not None and "tools" in template.source
 
+    def flush(self) -> None:
+        self.model.flush()
+
+    def close(self) -> None:
+        self.model.close()
+
     def conversation(self, tools, restore=None) -> LocalConversation:
         conv = LocalConversation(self.model, tools if self.template_supports_tools() else None)
         if restore:

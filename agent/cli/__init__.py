@@ -5,6 +5,7 @@ Files:
 - generate.py: `agent generate`, raw generation for scripts and benchmarks.
 - models.py: `agent models list|pull`.
 - run.py: `agent run`, a headless session.
+- cache.py: `agent cache stats|gc|clear`.
 - sessions.py: `agent sessions list|show|delete|export` and `agent rewind`.
 - render.py: headless output (text, json, stream-json).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import common, generate, models, run, sessions
+from agent.cli import cache, common, generate, models, run, sessions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, sessions, generate, models):
+    for module in (run, sessions, generate, models, cache):
         module.register(sub)
     return parser
 

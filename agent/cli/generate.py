@@ -43,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     apply_dirs(args)
     model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, device=args.device,
                                                        progress=sys.stderr.isatty()))
+    try:
+        return _generate(model, args, params)
+    finally:
+        model.close()
+
+
+def _generate(model, args: argparse.Namespace, params) -> int:
     ids = _prompt_ids(model, args)
     engine = model.engine
     seq = engine.new_sequence()

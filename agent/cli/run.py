@@ -94,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
     session.submit(UserInput(task))
     session.submit(Shutdown())
-    return _consume(session, args.output_format)
+    try:
+        return _consume(session, args.output_format)
+    finally:
+        session.wait_closed(30)
+        backend.close()
 
 
 def _consume(session, fmt: str) -> int:

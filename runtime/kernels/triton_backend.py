@@ -34,9 +34,7 @@ class TritonBackend(AttentionBackend):
     def store_kv(self, k_cache, v_cache, k, v, meta: AttentionMetadata) -> None:
         store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
 
-    def forward(
-        self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float
-    ) -> torch.Tensor:
+    def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode:
             return decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,

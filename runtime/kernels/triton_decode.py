@@ -58,8 +58,16 @@ def decode_num_splits(batch: int, kv_heads: int, max_keys: int, device: torch.de
 
 
 @triton.jit
-def page_rows(bt_row, start, keys, kv_len, stride_page, stride_slot, PAGE_SIZE: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+def page_rows(
+    bt_row,
+    start,
+    keys,
+    kv_len,
+    stride_page,
+    stride_slot,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Element offsets (int64) of keys `start .. start+BLOCK_N-1` through a block-table row.
 
     When PAGE_SIZE is a multiple of BLOCK_N (and `start` is BLOCK_N-aligned) the tile lies in one
@@ -91,15 +99,16 @@ def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, O, OP, LP, BT, SEQ_LENS,
+    Q, K, V, Out, OP, LP, BT, SEQ_LENS,
     qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kp, stride_ks, stride_kh,
     stride_bt,
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph,
+    num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DIRECT: tl.constexpr,
+    DIRECT: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -108,7 +117,7 @@ def _decode_kernel(
 
     kv_len = tl.load(SEQ_LENS + b)
     # Chunks are BLOCK_N-aligned so a tile never straddles a page when PAGE_SIZE % BLOCK_N == 0.
-    chunk = tl.cdiv(tl.cdiv(kv_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
     lo = split * chunk
     hi = tl.minimum(lo + chunk, kv_len)
 
@@ -146,8 +155,8 @@ def _decode_kernel(
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     if DIRECT:
-        o_ptrs = O + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        o_ptrs = Out + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:
         op = OP + b.to(tl.int64) * stride_opt + head[:, None] * stride_oph + split * stride_ops
         tl.store(op + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
@@ -157,9 +166,9 @@ def _decode_kernel(
 
 @triton.jit
 def _merge_kernel(
-    OP, LP, O,
+    OP, LP, Out,
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph, stride_ot, stride_oh,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    num_splits, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0).to(tl.int64)
@@ -169,9 +178,9 @@ def _merge_kernel(
     m = tl.full([1], float("-inf"), tl.float32)
     l_sum = tl.zeros([1], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+    for s0 in range(0, num_splits, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = offs_s < NUM_SPLITS
+        s_ok = offs_s < num_splits
         lse = tl.load(LP + t * stride_lpt + h * stride_lph + offs_s, mask=s_ok, other=float("-inf"))
         m_new = tl.maximum(m, tl.max(lse, 0))
         # Every split of a sequence may be empty only for kv_len 0, which never reaches here.
@@ -187,14 +196,14 @@ def _merge_kernel(
         l_sum = l_sum * alpha + tl.sum(w, 0)
         m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
-    tl.store(O + t * stride_ot + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
+    tl.store(Out + t * stride_ot + h * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=d_ok)
 
 
 def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Combine split partials into `out`.
 
     partial `(T, H, S, D)` fp32 (each split's normalised output), lse `(T, H, S)` fp32 base-2
-    log-sum-exp (-inf for an empty split); out `(T, H, D)` is written (any float dtype) and returned.
+    log-sum-exp (-inf for an empty split); out `(T, H, D)` (any float dtype) is written, returned.
     """
     t, h, s, d = partial.shape
     if t == 0:
@@ -204,7 +213,7 @@ def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) ->
         partial, lse, out,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        NUM_SPLITS=s, BLOCK_S=min(16, triton.next_power_of_2(s)), HEAD_DIM=d, BLOCK_D=block_d,
+        s, BLOCK_S=min(16, triton.next_power_of_2(s)), HEAD_DIM=d, BLOCK_D=block_d,
         num_warps=4 if d >= 128 else 2,
     )  # fmt: skip
     return out
@@ -269,9 +278,10 @@ def decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         *p_strides,
+        num_splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        NUM_SPLITS=num_splits, DIRECT=direct,
+        DIRECT=direct,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if not direct:

@@ -74,17 +74,18 @@ def _extend_inner(
         # Unmasked blocks lie below every row's position, hence inside the sequence.
         k_ok = keys < kv_len
         k = load_tile(k_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k))
         if MASKED:
             s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # Scale folded into the exponent's FMA; qk_scale > 0 keeps the max and -inf.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         if MASKED:
             # A row may see none of a diagonal block before any other: keep exp2 away from NaN.
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_use = m_new
         alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
+        p = tl.math.exp2(s * qk_scale - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # Masked V loads: stale slots past kv_len may hold anything, and 0 * inf is NaN.
         v = load_tile(v_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
@@ -95,15 +96,15 @@ def _extend_inner(
 
 @triton.jit
 def _extend_kernel(
-    Q, K, V, O, OP, LP, BT, SEQ_LENS, QSL,
-    qk_scale, num_tiles,
+    Q, K, V, Out, OP, LP, BT, SEQ_LENS, QSL,
+    qk_scale, num_tiles, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kp, stride_ks, stride_kh,
     stride_bt,
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph,
     GROUP: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -133,13 +134,13 @@ def _extend_kernel(
     last_tok = tl.minimum(tok0 + TOKENS, q_len)
     end = kv_len - q_len + last_tok
     first = kv_len - q_len + tok0
-    if NUM_SPLITS == 1:
-        lo = 0
-        hi = end
-    else:
-        chunk = tl.cdiv(tl.cdiv(kv_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    if SPLIT:
+        chunk = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
         lo = split * chunk
         hi = tl.minimum(lo + chunk, end)
+    else:
+        lo = 0
+        hi = end
     # hi < full_end only when hi is a chunk boundary, so full_end stays BLOCK_N-aligned.
     full_end = tl.maximum(lo, tl.minimum(hi, (first + 1) // BLOCK_N * BLOCK_N))
 
@@ -162,9 +163,9 @@ def _extend_kernel(
     out = acc / l_safe[:, None]
     t_idx = (q_start + tok).to(tl.int64)
     mask = row_ok[:, None] & d_ok[None, :]
-    if NUM_SPLITS == 1:
-        o_ptrs = O + t_idx[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mask)
+    if not SPLIT:
+        o_ptrs = Out + t_idx[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask)
     else:
         op = OP + t_idx[:, None] * stride_opt + head[:, None] * stride_oph + split * stride_ops
         tl.store(op + offs_d[None, :], out, mask=mask)
@@ -225,14 +226,14 @@ def extend_attention(
                      lse.stride(1))  # fmt: skip
     _extend_kernel[(num_tiles * num_splits, kv_heads, batch)](
         q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens, query_start_loc,
-        scale * LOG2E, num_tiles,
+        scale * LOG2E, num_tiles, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         *p_strides,
         GROUP=group, TOKENS=tokens, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        NUM_SPLITS=num_splits,
+        SPLIT=num_splits > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:

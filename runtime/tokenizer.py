@@ -115,6 +115,7 @@ class Tokenizer:
             i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
         )
         self.eos_ids: frozenset[int] = self._stop_ids(extra_eos_ids)
+        self.byte_fallback_ids: frozenset[int] = self._byte_fallback_ids()
         # A folder's post-processor may already add bos/eos; then we must not add them again.
         handled = bool(backend.encode("", add_special_tokens=True).ids)
         self._prefix = [bos_id] if add_bos and bos_id is not None and not handled else []
@@ -206,6 +207,13 @@ class Tokenizer:
         if token_id is None:
             return ""
         return self.backend.id_to_token(token_id) or ""
+
+    def _byte_fallback_ids(self) -> frozenset[int]:
+        """Ids of `<0xXX>` tokens when the model spells unknown characters byte by byte."""
+        if not getattr(self.backend.model, "byte_fallback", False):
+            return frozenset()
+        ids = (self.backend.token_to_id(f"<0x{b:02X}>") for b in range(256))
+        return frozenset(i for i in ids if i is not None)
 
     def _stop_ids(self, extra: tuple[int, ...]) -> frozenset[int]:
         ids = {i for i in (self.eos_id, *extra) if i is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from memory.kv_layout import KVLayout
@@ -26,6 +27,7 @@ class DevicePagePool:
         self.data = torch.zeros((num_pages, *layout.page_shape), dtype=layout.dtype, device=device)
         # Pop from the end: low ids first, which keeps fresh sequences nearly contiguous.
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
+        self._bytes: np.ndarray | None = None
 
     @property
     def num_free(self) -> int:
@@ -44,6 +46,15 @@ class DevicePagePool:
     def free(self, pages: list[int]) -> None:
         """Return pages to the free list. Their contents are left as they are."""
         self._free.extend(pages)
+
+    def page_bytes(self, page: int) -> np.ndarray:
+        """The raw bytes of one page (uint8, writable, no copy); CPU pools only, for reading
+        page files straight into device memory."""
+        assert self.device.type == "cpu", "page_bytes needs a CPU pool; go through host memory"
+        if self._bytes is None:
+            flat = self.data.view(-1).view(torch.uint8)
+            self._bytes = flat.numpy().reshape(self.num_pages, self.layout.page_bytes)
+        return self._bytes[page]
 
     def layer_views(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the (k, v) views `[num_pages, page_size, kv_heads, head_dim]` (strided)."""

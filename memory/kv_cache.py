@@ -110,6 +110,9 @@ class TieredKVCache:
         self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
         self._unwritten: dict[bytes, PageEntry] = {}  # sealed, not on disk, no write queued
         self._counts: Counter[str] = Counter()
+        # A CPU "device" is host memory: disk pages are read straight into it (tests may turn
+        # this off to exercise the host path).
+        self._read_direct = self.pool.device.type == "cpu"
 
     # -- hashes --------------------------------------------------------------------------------
 
@@ -177,25 +180,34 @@ class TieredKVCache:
         """Read the next run of disk-only pages (verified) through host to device.
 
         True if the whole run came up, so the caller goes on after it. Device pages and host
-        slots are taken before any read, so making room cannot evict a page of the run."""
+        slots are taken before any read, so making room cannot evict a page of the run. On a
+        CPU device, device memory is host memory: pages are read straight into it."""
         run = self._disk_run(hashes, len(got.pages))
         pages = self._take_device_pages_upto(len(run))
-        slots = self._take_host_slots(len(pages))
-        n = len(slots)
+        direct = self._read_direct
+        slots = [] if direct else self._take_host_slots(len(pages))
+        n = len(pages) if direct else len(slots)
         self.pool.free(pages[n:])
         run, pages = run[:n], pages[:n]
         self.host.sync_slots(slots)  # an earlier copy may still read them
-        ok = self.disk.read_many(run, [self.host.slot_bytes(s) for s in slots]) if n else []
+        bufs = (
+            [self.pool.page_bytes(p) for p in pages]
+            if direct
+            else [self.host.slot_bytes(s) for s in slots]
+        )
+        ok = self.disk.read_many(run, bufs) if n else []
         n_ok = ok.index(False) if False in ok else n
         self._forget_on_disk(run[n_ok : n_ok + 1])
         self.host.free(slots[n_ok:])
         self.pool.free(pages[n_ok:])
-        self.host.to_device(slots[:n_ok], self.pool.data, pages[:n_ok])
-        for h, slot, page in zip(run[:n_ok], slots[:n_ok], pages[:n_ok], strict=True):
+        if not direct:
+            self.host.to_device(slots[:n_ok], self.pool.data, pages[:n_ok])
+        for i, h in enumerate(run[:n_ok]):
             e = self.index.get(h) or self.index.add(h)
             self.index.set_disk(e, True)
-            self.index.set_host(e, slot)
-            self.index.set_device(e, page)
+            if not direct:
+                self.index.set_host(e, slots[i])
+            self.index.set_device(e, pages[i])
             self._hold(got, e, "disk")
         return 0 < n_ok == len(run)
 

@@ -101,6 +101,8 @@ def resolve_model(spec: str | None, *, pull: bool = True, progress: bool = True)
     local = Path(spec).expanduser()
     if local.exists():
         return _resolve_local(local)
+    if _cached_gguf(spec):  # a name `agent models list` shows, e.g. "my-model/q4.gguf"
+        return _resolve_local(models_dir() / spec)
     if _HF_ID.match(spec) and not spec.endswith(".gguf"):
         return _resolve_hf(spec, pull, progress)
     if _looks_like_path(spec):
@@ -273,6 +275,16 @@ def _looks_like_path(spec: str) -> bool:
         or spec.startswith(("/", ".", "~"))
         or "\\" in spec
         or (spec.count("/") > 1)
+    )
+
+
+def _cached_gguf(spec: str) -> bool:
+    parts = Path(spec).parts
+    return (
+        spec.endswith(".gguf")
+        and len(parts) == 2
+        and ".." not in parts
+        and ((models_dir() / spec).is_file())
     )
 
 

@@ -67,8 +67,9 @@ def _leftovers(cache: Path) -> list[str]:
 # --- the real default model ---------------------------------------------------------------------
 
 
-def test_default_model_resolves_through_the_real_cache(smollm2_gguf, monkeypatch):
+def test_default_model_resolves_through_the_real_cache(smollm2_gguf, monkeypatch, tmp_path):
     monkeypatch.delenv("AGENT_MODEL", raising=False)
+    monkeypatch.setenv("AGENT_CONFIG_DIR", str(tmp_path))  # no user config.toml in the way
     assert is_gguf(smollm2_gguf) and smollm2_gguf.stat().st_size > 90_000_000
     assert resolve_model(None, progress=False) == smollm2_gguf
     assert resolve_model("smollm2", pull=False) == smollm2_gguf
@@ -159,6 +160,16 @@ def test_local_files_and_folders(cache, tmp_path):
     one.mkdir()
     (one / "x.gguf").write_bytes(FAKE_GGUF)
     assert resolve_model(str(one)) == one / "x.gguf"
+
+
+def test_listed_gguf_names_resolve(cache):
+    folder = cache / "models" / "my-model"
+    folder.mkdir(parents=True)
+    (folder / "q4.gguf").write_bytes(FAKE_GGUF)
+    (folder / "q4.gguf.123.tmp").write_bytes(FAKE_GGUF[:10])  # an interrupted copy: not listed
+    [entry] = list_models()
+    assert entry.name == "my-model/q4.gguf" and entry.size == len(FAKE_GGUF)
+    assert resolve_model(entry.name) == folder / "q4.gguf"
 
 
 def test_unknown_spec(cache):

@@ -107,6 +107,10 @@ class Tokenizer:
         chat_template: str | None = None,
         extra_eos_ids: tuple[int, ...] = (),
     ):
+        # Some tokenizer.json files carry truncation or padding settings; transformers turns
+        # them off for encode(), and a prompt must never be cut silently.
+        backend.no_truncation()
+        backend.no_padding()
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id  # the declared eos (the template's `eos_token`)

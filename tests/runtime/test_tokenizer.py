@@ -164,6 +164,14 @@ def test_folder_generation_config_and_template_file(hf_folder, tmp_path):
     assert tok.eos_ids == {0, 2, 7} and tok.chat_template == "T"
 
 
+def test_folder_truncation_settings_are_ignored(hf_folder, tmp_path):
+    folder = shutil.copytree(hf_folder, tmp_path / "trunc")
+    truncation = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    _edit_json(folder / "tokenizer.json", truncation=truncation)
+    text = "one two three four five six seven"
+    assert len(Tokenizer.from_hf_folder(folder).encode(text)) == 7
+
+
 def test_folder_without_tokenizer_json(tmp_path):
     with pytest.raises(CorruptModelFile, match="tokenizer.json"):
         Tokenizer.from_hf_folder(tmp_path)

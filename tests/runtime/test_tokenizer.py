@@ -243,3 +243,55 @@ def test_corrupt_gguf(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CorruptModelFile):
         Tokenizer.from_gguf(path)
+
+
+def _write_byte_level_gguf(path: Path, pre: str) -> None:
+    """A small byte-level BPE GGUF: the 256 byte symbols, a few merges, control and user tokens."""
+    import gguf
+    import numpy as np
+
+    from runtime.tokenizer import _byte_alphabet
+
+    symbols = [_byte_alphabet()[b] for b in range(256)]
+    merges = ["Ġ t", "h e", "Ġt he", "1 2", "12 3", "Ġ Ġ", "ĠĠ ĠĠ", "' s", "Ċ Ċ", "i n", "Ġ in"]
+    tokens = [*symbols, *(m.replace(" ", "") for m in merges)]
+    tokens += ["<|endoftext|>", "<|im_end|>", "<think>", "<bad ctrl>"]
+    types = [1] * (len(tokens) - 4) + [3, 3, 4, 3]  # "<bad ctrl>" has a space: a mislabel
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(len(tokens) - 4)
+    w.add_eos_token_id(len(tokens) - 3)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("pre", ["smollm", "gpt2", "llama-bpe", "qwen2", "gpt-4o", "tekken"])
+def test_byte_level_pre_tokenizers_match_transformers(tmp_path, pre):
+    from transformers import AutoTokenizer
+
+    _write_byte_level_gguf(tmp_path / "bl.gguf", pre)
+    ours = Tokenizer.from_gguf(tmp_path / "bl.gguf")
+    ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="bl.gguf")
+    texts = [
+        "the 12345 1234567 thin in\n\n\nit's HE'S he's",
+        "    four  spaces\t\ttab\r\n\r\nCRLF 3.14",
+        "<think>x</think><|im_end|><bad ctrl>日本 🎉 ÀÉ",
+    ]
+    for text in texts + _random_texts(50, seed=3):
+        _assert_same(ours, ref, text)
+    assert ours.token_to_id("<think>") not in ours.special_ids  # user-defined: whole, not special
+    assert ours.encode("a<think>b")[1] == ours.token_to_id("<think>")

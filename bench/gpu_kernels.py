@@ -3,7 +3,7 @@
 Qwen2.5-7B attention shape (28 query heads, 4 kv heads, head_dim 128), bf16, 256-token pages in a
 two-layer pool (so the per-layer views have the engine's strides), pages in random order.
 
-    python bench/gpu_kernels.py --out results.json [--tune] [--quick]
+    python bench/gpu_kernels.py --out results.json [--tune extend|decode|all] [--quick]
 
 Reports, with the measured ceilings of the card (device copy, bf16 matmul) as the bounds:
 - extend: 2K new queries over {64K, 256K, 1M} keys (end-aligned causal), TFLOP/s of the causal
@@ -178,17 +178,19 @@ def bench_extend(kv_lens: list[int], q_len: int, tune: bool) -> list[dict]:
         }
         variants = {"triton": tri()}
         if tune:
-            for cfg in (
-                ExtendConfig(128, 64, 8, 3),
-                ExtendConfig(128, 128, 8, 3),
-                ExtendConfig(128, 64, 8, 4),
-                ExtendConfig(128, 128, 8, 2),
-                ExtendConfig(64, 64, 4, 3),
-                ExtendConfig(128, 64, 4, 3),
-            ):
-                for splits in (1, 2):
-                    name = f"triton_m{cfg.block_m}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
-                    variants[f"{name}_k{splits}"] = tri(cfg, splits)
+            E = ExtendConfig
+            sweep = [
+                (E(128, 128, 8, 3), 2), (E(128, 128, 8, 3), 4),
+                (E(128, 128, 8, 3, tma=True), 2), (E(128, 128, 8, 3, tma=True), 4),
+                (E(128, 128, 8, 2, tma=True), 2), (E(128, 64, 8, 3, tma=True), 2),
+                (E(128, 64, 8, 4, tma=True), 2), (E(128, 64, 4, 3, tma=True), 2),
+                (E(128, 128, 8, 2, tma=True, warp_specialize=True), 2),
+                (E(128, 64, 8, 3, tma=True, warp_specialize=True), 2),
+            ]  # fmt: skip
+            for cfg, splits in sweep:
+                name = f"triton_m{cfg.block_m}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+                name += ("_tma" if cfg.tma else "") + ("_ws" if cfg.warp_specialize else "")
+                variants[f"{name}_k{splits}"] = tri(cfg, splits)
         for name, fn in variants.items():
             try:
                 out = fn()
@@ -386,7 +388,7 @@ def table(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON results path")
-    ap.add_argument("--tune", action="store_true", help="also sweep tile configs and splits")
+    ap.add_argument("--tune", choices=["extend", "decode", "all"], help="also sweep tile configs")
     ap.add_argument("--quick", action="store_true", help="skip the 1M-key extend case")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -406,9 +408,10 @@ def main() -> None:
     save("ceilings", ceilings())
     print("ceilings", res["ceilings"], flush=True)
     save("store", bench_store([2048, 65536]))
-    save("decode", bench_decode([(1, 8192), (1, 131072), (1, 1 << 20), (8, 131072)], args.tune))
+    decode_cases = [(1, 8192), (1, 131072), (1, 1 << 20), (8, 131072)]
+    save("decode", bench_decode(decode_cases, args.tune in ("decode", "all")))
     kv_lens = [65536, 262144] if args.quick else [65536, 262144, 1 << 20]
-    save("extend", bench_extend(kv_lens, 2048, args.tune))
+    save("extend", bench_extend(kv_lens, 2048, args.tune in ("extend", "all")))
     res["kernels"] = kernel_resources()
     for r in res["kernels"]:
         print("  ", {k: v for k, v in r.items() if k != "key"})

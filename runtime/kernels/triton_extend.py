@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from runtime.kernels.triton_decode import LOG2E, check_cache, load_tile, merge_splits, num_sms
 from runtime.kernels.triton_decode import page_rows as _page_rows
@@ -34,6 +35,15 @@ class ExtendConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    tma: bool = False  # bulk tensor copies for whole in-page K/V tiles (Hopper and later)
+    warp_specialize: bool = False
+
+
+def _page_descriptor(cache: torch.Tensor, block_n: int) -> TensorDescriptor:
+    """A TMA descriptor over one layer's cache as `[pages, page_size, Hkv * D]` (no copy)."""
+    view = cache.flatten(2)  # (pages, page_size, Hkv * D): heads are adjacent, D contiguous
+    return TensorDescriptor(view, list(view.shape), list(view.stride()),
+                            [1, block_n, cache.shape[3]])  # fmt: skip
 
 
 def default_extend_config(device: torch.device, head_dim: int) -> ExtendConfig:
@@ -41,7 +51,7 @@ def default_extend_config(device: torch.device, head_dim: int) -> ExtendConfig:
     if device.type == "cuda":
         if head_dim > 128:
             return ExtendConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
-        return ExtendConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        return ExtendConfig(block_m=128, block_n=128, num_warps=8, num_stages=3)
     return ExtendConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)
 
 
@@ -62,18 +72,35 @@ def extend_num_splits(tiles: int, max_seq_len: int, device: torch.device) -> int
 
 
 @triton.jit
-def _extend_inner(
-    acc, l_i, m_i, q, k_head, v_head, bt_row, lo, hi, pos, kv_len, qk_scale,
-    stride_kp, stride_ks, offs_d, d_ok,
-    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+def _kv_tile(
+    head_ptr, desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp, stride_ks, offs_d, d_ok,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    EVEN_D: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
-    for start in range(lo, hi, BLOCK_N):
+    """One `[BLOCK_N, BLOCK_D]` K or V tile: a bulk tensor copy (TMA) for whole in-page tiles,
+    pointer loads (masked past kv_len on the diagonal) otherwise."""
+    if USE_TMA:
+        if not MASKED:
+            page = tl.load(bt_row + start // PAGE_SIZE)
+            return desc.load([page, start % PAGE_SIZE, col]).reshape(BLOCK_N, BLOCK_D)
+    rows_off = _page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE, BLOCK_N)
+    return load_tile(head_ptr + rows_off[:, None] + offs_d[None, :], k_ok, d_ok, MASKED, EVEN_D)
+
+
+@triton.jit
+def _extend_inner(
+    acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, bt_row, lo, hi, pos, kv_len, col,
+    qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+):  # fmt: skip
+    for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         keys = start + tl.arange(0, BLOCK_N)
-        rows_off = _page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE, BLOCK_N)
-        kv_off = rows_off[:, None] + offs_d[None, :]
         # Unmasked blocks lie below every row's position, hence inside the sequence.
         k_ok = keys < kv_len
-        k = load_tile(k_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
+        k = _kv_tile(k_head, k_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
+                     stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
+                     USE_TMA)  # fmt: skip
         s = tl.dot(q, tl.trans(k))
         if MASKED:
             s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
@@ -88,7 +115,9 @@ def _extend_inner(
         p = tl.math.exp2(s * qk_scale - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # Masked V loads: stale slots past kv_len may hold anything, and 0 * inf is NaN.
-        v = load_tile(v_head + kv_off, k_ok, d_ok, MASKED, EVEN_D)
+        v = _kv_tile(v_head, v_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
+                     stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
+                     USE_TMA)  # fmt: skip
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
@@ -96,7 +125,7 @@ def _extend_inner(
 
 @triton.jit
 def _extend_kernel(
-    Q, K, V, Out, OP, LP, BT, SEQ_LENS, QSL,
+    Q, K, V, K_DESC, V_DESC, Out, OP, LP, BT, SEQ_LENS, QSL,
     qk_scale, num_tiles, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kp, stride_ks, stride_kh,
@@ -104,7 +133,7 @@ def _extend_kernel(
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph,
     GROUP: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    SPLIT: tl.constexpr,
+    SPLIT: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -150,13 +179,16 @@ def _extend_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    col = kvh * HEAD_DIM  # this head's columns in the TMA view [pages, page_size, Hkv * D]
     acc, l_i, m_i = _extend_inner(
-        acc, l_i, m_i, q, k_head, v_head, bt_row, lo, full_end, pos, kv_len, qk_scale,
-        stride_kp, stride_ks, offs_d, d_ok, BLOCK_N, PAGE_SIZE, EVEN_D, False,
+        acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, lo, full_end, pos, kv_len, col,
+        qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, False, USE_TMA, WARP_SPEC,
     )  # fmt: skip
     acc, l_i, m_i = _extend_inner(
-        acc, l_i, m_i, q, k_head, v_head, bt_row, full_end, hi, pos, kv_len, qk_scale,
-        stride_kp, stride_ks, offs_d, d_ok, BLOCK_N, PAGE_SIZE, EVEN_D, True,
+        acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, full_end, hi, pos, kv_len, col,
+        qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, True, USE_TMA, False,
     )  # fmt: skip
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -224,8 +256,14 @@ def extend_attention(
         lse = torch.empty((total, num_heads, num_splits), dtype=torch.float32, device=q.device)
         p_strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
                      lse.stride(1))  # fmt: skip
+    use_tma = (
+        cfg.tma and page_size % cfg.block_n == 0 and triton.next_power_of_2(head_dim) == head_dim
+    )
+    k_desc = _page_descriptor(k_cache, cfg.block_n) if use_tma else None
+    v_desc = _page_descriptor(v_cache, cfg.block_n) if use_tma else None
     _extend_kernel[(num_tiles * num_splits, kv_heads, batch)](
-        q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens, query_start_loc,
+        q, k_cache, v_cache, k_desc, v_desc, out, partial, lse,
+        block_tables, seq_lens, query_start_loc,
         scale * LOG2E, num_tiles, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -233,7 +271,7 @@ def extend_attention(
         *p_strides,
         GROUP=group, TOKENS=tokens, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        SPLIT=num_splits > 1,
+        SPLIT=num_splits > 1, USE_TMA=use_tma, WARP_SPEC=cfg.warp_specialize,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:

@@ -102,14 +102,16 @@ def test_extend_split_heuristic_only_for_long_keys():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_extend_gpu_qwen_shape(paged, rel, dtype):
+def test_extend_gpu_qwen_shape(paged, rel, dtype, tma):
     # Qwen2.5-7B: 28 query heads over 4 kv heads, d 128; GPU page size 256.
     batch = [(20_000, 2048), (3000, 3000), (40_001, 1), (9_999, 517)]
     seq_lens, query_lens = [s for s, _ in batch], [q for _, q in batch]
     p = paged(seq_lens, query_lens, 4, 128, 256, dtype, "cuda")
     q = torch.randn(sum(query_lens), 28, 128, dtype=dtype, device="cuda")
-    out = run_extend(p, q, 128**-0.5, max_seq_len=max(seq_lens))
+    cfg = ExtendConfig(128, 128, 8, 3, tma=tma)
+    out = run_extend(p, q, 128**-0.5, max_seq_len=max(seq_lens), config=cfg)
     ref = TorchReferenceBackend().forward(
         q.float(), p.k_cache.float(), p.v_cache.float(), p.meta, 128**-0.5
     )

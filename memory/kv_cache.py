@@ -109,6 +109,7 @@ class TieredKVCache:
             self.writer = WriteThrough(self.disk, write_queue)
         self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
         self._unwritten: dict[bytes, PageEntry] = {}  # sealed, not on disk, no write queued
+        self._in_flight = 0  # writes submitted and not yet drained (their host slots are busy)
         self._counts: Counter[str] = Counter()
         # A CPU "device" is host memory: disk pages are read straight into it (tests may turn
         # this off to exercise the host path).
@@ -185,7 +186,7 @@ class TieredKVCache:
         run = self._disk_run(hashes, len(got.pages))
         pages = self._take_device_pages_upto(len(run))
         direct = self._read_direct
-        slots = [] if direct else self._take_host_slots(len(pages))
+        slots = [] if direct else self._take_host_slots(len(pages), wait=True)
         n = len(pages) if direct else len(slots)
         self.pool.free(pages[n:])
         run, pages = run[:n], pages[:n]
@@ -307,8 +308,9 @@ class TieredKVCache:
         if self.writer is None:
             return
         self._drain()
-        while self._unwritten:
-            _, e = self._unwritten.popitem()
+        pending = list(self._unwritten.values())
+        self._unwritten.clear()
+        for e in pending:
             if not e.disk and not e.writing and (e.device is not None or e.host is not None):
                 self._write_through(e, wait=True)
         self.writer.flush()
@@ -320,11 +322,7 @@ class TieredKVCache:
         if self.writer is None or not self.disk.writable:
             return
         if e.host is None:
-            slots = self._take_host_slots(1)
-            if not slots and wait:
-                self.writer.flush()  # staged pages free up as they land on disk
-                self._drain()
-                slots = self._take_host_slots(1)
+            slots = self._take_host_slots(1, wait=wait)
             if not slots:
                 self._unwritten[e.hash] = e
                 return
@@ -338,6 +336,7 @@ class TieredKVCache:
             return
         self._unwritten.pop(e.hash, None)
         self.index.set_writing(e, True)
+        self._in_flight += 1
 
     def _drain(self) -> None:
         """Apply finished disk writes (called at the top of every public method)."""
@@ -347,6 +346,7 @@ class TieredKVCache:
             e = self.index.get(h)
             assert e is not None and e.writing, "a write finished for a page not being written"
             self.index.set_writing(e, False)
+            self._in_flight -= 1
             if ok:
                 self.index.set_disk(e, True)
             self._counts["disk_writes" if ok else "disk_write_failures"] += 1
@@ -375,16 +375,22 @@ class TieredKVCache:
         self.host.before_device_reuse(pages)
         return pages
 
-    def _take_host_slots(self, n: int) -> list[int]:
-        """Up to `n` free host slots, evicting idle host copies by LRU."""
+    def _take_host_slots(self, n: int, wait: bool = False) -> list[int]:
+        """Up to `n` free host slots, evicting idle host copies by LRU. With `wait`, when
+        slots are short because pages are still being written, wait for those writes."""
         while self.host.num_free < n and self._evict_host_lru():
             pass
+        if wait and self.host.num_free < n and self._in_flight:
+            self.writer.flush()  # staged pages become idle host copies as they reach disk
+            self._drain()
+            while self.host.num_free < n and self._evict_host_lru():
+                pass
         return self.host.alloc(min(n, self.host.num_free))
 
     def _evict_device(self, e: PageEntry, keep_host: bool) -> None:
         """Drop e's device copy, first copying it to host unless a lower tier suffices."""
         if e.host is None and (keep_host or not e.disk):
-            slots = self._take_host_slots(1)
+            slots = self._take_host_slots(1, wait=not e.disk)  # wait rather than lose it
             if slots:
                 self.host.to_host(self.pool.data, [e.device], slots)
                 self.index.set_host(e, slots[0])
@@ -461,15 +467,12 @@ class TieredKVCache:
             "device": dev,
             "host": host,
             "unwritten": len(self._unwritten),
-            "pending_writes": self._pending_writes(),
+            "pending_writes": self._in_flight,
             **dict(self._counts),
         }
         if self.disk is not None:
             out["disk"] = {**asdict(self.disk.stats()), **self.disk.counters}
         return out
-
-    def _pending_writes(self) -> int:
-        return 0 if self.writer is None else self.writer.pending
 
     def close(self) -> None:
         """Flush and stop the background threads."""

@@ -197,6 +197,20 @@ def test_pages_refused_by_a_full_queue_are_written_at_flush(tmp_path: Path):
         assert stats["unwritten"] == 0 and stats["disk"]["own_files"] == 20
 
 
+def test_host_slots_busy_with_writes_are_waited_for_not_dropped(tmp_path: Path):
+    with make(tmp_path, host_pages=4) as cache:
+        cache._read_direct = False  # the CUDA path: disk -> host -> device
+        real = cache.disk.write_many
+        cache.disk.write_many = lambda items: (time.sleep(0.01), real(items))[1]
+        pages, _ = prefill(cache, TOKENS)
+        cache.release(pages)
+        cache.evict_all_to_host()  # the host is full of pages still being written
+        assert "dropped_pages" not in cache.stats()
+        got = cache.acquire(cache.page_hashes(TOKENS))
+        assert sum(got.by_tier.values()) == 10
+        assert_exact(cache, got.pages, TOKENS)
+
+
 def test_without_disk_eviction_stops_at_host(tmp_path: Path):
     with make(None, device_pages=12, host_pages=4) as cache:
         pages, _ = prefill(cache, TOKENS)
@@ -238,7 +252,7 @@ def test_random_workload_keeps_every_page_exact(tmp_path: Path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("tier", ["host", "disk"])
 def test_cuda_restore_is_byte_identical(tmp_path: Path, tier: str):
-    with make(tmp_path, device="cuda") as cache:
+    with make(tmp_path, host_pages=16, device="cuda") as cache:
         assert cache.host.data.is_pinned()
         pages, _ = prefill(cache, TOKENS)
         cache.release(pages)

@@ -474,6 +474,19 @@ class TieredKVCache:
             out["disk"] = {**asdict(self.disk.stats()), **self.disk.counters}
         return out
 
+    def check(self) -> None:
+        """Assert the invariants: index consistency, and every page and slot accounted once
+        (free, private or cached). O(pages): for tests and idle time, not the hot path."""
+        self.index.check()
+        entries = list(self.index.entries())
+        on_device = {e.device for e in entries if e.device is not None}
+        on_host = {e.host for e in entries if e.host is not None}
+        assert on_device.isdisjoint(self._private), "a page is both private and sealed"
+        used = len(on_device) + len(self._private)
+        assert used + self.pool.num_free == self.pool.num_pages, "device pages leaked"
+        assert len(on_host) + self.host.num_free == self.host.num_pages, "host slots leaked"
+        assert self._in_flight == sum(e.writing for e in entries), "write count drifted"
+
     def close(self) -> None:
         """Flush and stop the background threads."""
         self.flush()

@@ -51,7 +51,7 @@ def prefill(cache: TieredKVCache, tokens: list[int]):
 def assert_exact(cache: TieredKVCache, pages: list[int], tokens: list[int]) -> None:
     want = torch.stack([content(h) for h in cache.page_hashes(tokens)])
     assert torch.equal(cache.pool.data[pages].cpu(), want), "restored KV differs"
-    cache.index.check()
+    cache.check()
 
 
 def accounted(cache: TieredKVCache) -> bool:

@@ -20,8 +20,8 @@ Last use is the file's mtime, bumped on every read (atime is unreliable under no
 relatime), so `gc(max_bytes)` deletes least recently used pages first, across all fingerprints
 under `<root>/kv`.
 
-A full or unwritable directory turns writes off with one warning; reads keep working where they
-can, and the caller carries on without the tier.
+A full or unwritable directory turns writes off with one warning (at the first write that
+fails); reads keep working where they can, and the caller carries on without the tier.
 """
 
 from __future__ import annotations
@@ -106,10 +106,8 @@ class DiskTier:
             "corrupt": 0,
             "write_errors": 0,
         }
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            self._disable(e)
+        # Directories are made on first write: a tier opened only for stats or gc creates
+        # nothing, and an unwritable place is found (and reported once) by the first write.
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -184,10 +182,17 @@ class DiskTier:
             return False
 
     def _ensure_dir(self, d: Path) -> None:
+        """Make d and any missing parents, fsyncing each new entry's parent so the directory
+        itself survives a crash."""
         if d.is_dir():
             return
-        d.mkdir(parents=True, exist_ok=True)
-        self._fsync_dir(d.parent)  # the new directory entry itself must survive a crash
+        if d.parent != d:
+            self._ensure_dir(d.parent)
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass  # made meanwhile by another thread or process
+        self._fsync_dir(d.parent)
 
     def _fsync_dir(self, d: Path) -> None:
         try:
@@ -328,8 +333,6 @@ class DiskTier:
         shutil.rmtree(self.kv_root if all_models else self.dir, ignore_errors=True)
         with self._lock:
             self._approx_bytes = None
-        if self.writable:
-            self.dir.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -46,6 +46,7 @@ def tier(tmp_path: Path) -> DiskTier:
 
 def test_round_trip_and_layout(tier: DiskTier, tmp_path: Path):
     assert not tier.contains(h(1)) and read(tier, 1) is None
+    assert tier.stats().files == 0 and not (tmp_path / "kv").exists()  # made on first write
     assert tier.write(h(1), payload(1))
     hx = h(1).hex()
     assert tier.path(h(1)) == tmp_path / "kv" / FP.hex()[:16] / hx[:2] / f"{hx}.page"
@@ -207,8 +208,9 @@ def test_directory_under_a_file_disables_writes_once(tmp_path: Path, caplog):
     blocker.write_text("x")
     with caplog.at_level(logging.WARNING, logger="memory.disk_tier"):
         tier = DiskTier(blocker / "cache", FP, PAGE)
-        assert not tier.writable
         assert tier.write(h(1), payload(1)) is False
+        assert not tier.writable
+        assert tier.write(h(2), payload(2)) is False
         assert read(tier, 1) is None
     assert caplog.text.count("disabled") == 1
     tier.close()

@@ -184,6 +184,10 @@ class ScriptedHandle(AgentHandle):
         with self._lock:
             self._continue(HOLD)
 
+    def close(self) -> None:
+        """Close as if the agent had stopped by itself."""
+        self._closed.set()
+
     def ops_of(self, kind: type) -> list[Any]:
         return [op for op in self.ops if isinstance(op, kind)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from runtime.tokenizer import Tokenizer
 
 # Bump whenever the engine changes what it writes into a KV page.
 KV_LAYOUT_VERSION = 1
+
+_TEMPLATE_DATE = datetime(2026, 1, 1)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -145,7 +148,6 @@ def _load_tokenizer(path: Path) -> Tokenizer:
 def _template(tokenizer: Tokenizer) -> ChatTemplate | None:
     if not tokenizer.chat_template:
         return None
-    bos = tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
-    eos_ids = sorted(tokenizer.eos_ids)
-    eos = tokenizer.id_to_token(eos_ids[0]) if eos_ids else ""
-    return ChatTemplate(tokenizer.chat_template, bos_token=bos, eos_token=eos)
+    # A fixed "now" keeps templates that print the date from changing the cached prefix.
+    return ChatTemplate(tokenizer.chat_template, bos_token=tokenizer.bos_token or "",
+                        eos_token=tokenizer.eos_token or "", now=_TEMPLATE_DATE)

@@ -31,17 +31,26 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
 
 def attend_reference(q, k, v, scale: float) -> torch.Tensor:
     """Causal (end-aligned) GQA attention of q `(Tq, Hq, D)` over k, v `(Tk, Hkv, D)`."""
-    q_len, kv_len = q.shape[0], k.shape[0]
-    mask = None if q_len == 1 else causal_mask(q_len, kv_len, q.device)
+    if q.shape[0] == 1:
+        return _attend_one(q, k.to(q.dtype), v.to(q.dtype), scale)
+    q_len, kv_len, group = q.shape[0], k.shape[0], q.shape[1] // k.shape[1]
+    # 4-D inputs with KV repeated per query head: on CPU this takes SDPA's fused kernel, about
+    # 2.5x faster than 3-D or enable_gqa, which fall back to the math path (measured).
+    k = k.to(q.dtype).transpose(0, 1).repeat_interleave(group, 0)[None]  # (1, Hq, Tk, D)
+    v = v.to(q.dtype).transpose(0, 1).repeat_interleave(group, 0)[None]
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),  # (Hq, Tq, D)
-        k.transpose(0, 1).to(q.dtype),  # (Hkv, Tk, D)
-        v.transpose(0, 1).to(q.dtype),
-        attn_mask=mask,
-        scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
+        q.transpose(0, 1)[None], k, v, attn_mask=causal_mask(q_len, kv_len, q.device), scale=scale
     )
-    return out.transpose(0, 1)  # (Tq, Hq, D)
+    return out[0].transpose(0, 1)  # (Tq, Hq, D)
+
+
+def _attend_one(q, k, v, scale: float) -> torch.Tensor:
+    """One query: the heads of each KV head as one matmul (no KV copy per query head)."""
+    kv_heads, d = k.shape[1], k.shape[2]
+    qg = q.view(kv_heads, -1, d)  # (Hkv, group, D)
+    scores = torch.matmul(qg, k.permute(1, 2, 0)) * scale  # (Hkv, group, Tk)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.matmul(probs, v.transpose(0, 1)).view(1, -1, d)  # (1, Hq, D)
 
 
 class TorchReferenceBackend(AttentionBackend):

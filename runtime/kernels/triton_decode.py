@@ -33,7 +33,11 @@ class DecodeConfig:
 
 
 def default_decode_config(device: torch.device) -> DecodeConfig:
-    """Tuned on an H200 for CUDA (see bench/gpu_kernels.py); small tiles for the interpreter."""
+    """Tuned on an H200 (bench/gpu_kernels.py --tune decode); small tiles for the interpreter.
+
+    H200, Qwen2.5-7B shape, batch 1 over 1M keys with 132 splits: 64-key tiles, 4 warps,
+    3 stages read 4.26 TB/s; 128-key tiles 3.6-4.3 depending on splits; 32-key tiles <= 4.0.
+    """
     if device.type == "cuda":
         return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
     return DecodeConfig(block_n=16, num_warps=1, num_stages=1)

@@ -76,6 +76,10 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def _model_config(raw: dict[str, Any], config_file: Path) -> ModelConfig:
+    # Variants the model definition does not implement: refuse rather than compute wrong logits.
+    for option in ("mlp_bias", "use_sliding_window"):
+        if raw.get(option):
+            raise UnsupportedModel(f"{config_file} sets {option}, which is not supported")
     try:
         return ModelConfig.from_hf(raw)
     except KeyError as e:

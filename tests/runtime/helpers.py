@@ -1,4 +1,4 @@
-"""A minimal paged runner for model tests: chunked prefill and greedy decode of one sequence.
+"""Model-test helpers: a minimal paged runner (chunked prefill, greedy decode) and HF references.
 
 Not the engine (runtime/engine/ is): just enough paging to drive `CausalLM.forward` through
 `build_metadata`, `ForwardContext` and the torch reference backend over a `DevicePagePool`.
@@ -67,3 +67,68 @@ class PagedRunner:
             out.append(int(last.argmax()))
             last = self.extend(out[-1:])[-1]
         return out
+
+
+def tiny_hf_model(cls_name: str, rope: dict, gqa: int, tied: bool, extra: dict):
+    """A random 2-layer transformers model, weights large enough that greedy steps are no ties."""
+    import transformers  # only the model tests need it
+
+    heads = 8
+    config = getattr(transformers, cls_name)(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // gqa,
+        head_dim=16,  # != hidden / heads: the explicit head_dim must be honoured
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+        rope_parameters={**rope, "rope_theta": 10000.0},
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def prompt_ids(vocab: int, n: int, seed: int = 1) -> list[int]:
+    """`n` reproducible random token ids below `vocab`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n,), generator=g).tolist()
+
+
+def hf_logits(hf, ids: list[int]) -> torch.Tensor:
+    """transformers' float32 logits `(len(ids), vocab)` for one unbatched prompt."""
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0].float()
+
+
+def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    """The tokens `generate(do_sample=False)` appends to `ids` (at most `n`, no eos stop)."""
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:
+    """max |ours - ref| within `rel` times the largest |logit| of the reference."""
+    scale = ref.abs().max().item()
+    err = (ours - ref).abs().max().item()
+    assert err <= rel * scale, f"max |diff| {err:.3g} over logit scale {scale:.3g}"

@@ -268,11 +268,16 @@ class Engine:
         req.seq.tokens.append(token)
         req.seq.last_logits = None
         req.generated.append(token)
+        constraint = req.params.constraint
+        if constraint is not None:
+            constraint.advance(token)
         if token in req.stop_ids:
             req.finish_reason = "stop"
         else:
             req.text += req.decoder.push(token) if req.decoder else ""
             _apply_stop_strings(req)
+            if constraint is not None and constraint.finished():
+                req.finish_reason = "stop"
         if not req.finished and len(req.generated) >= req.params.max_tokens:
             req.finish_reason = "length"
         if not req.finished and len(req.seq.tokens) >= req.max_len:

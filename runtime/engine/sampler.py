@@ -29,6 +29,8 @@ class Sampler:
         self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[int]
     ) -> list[int]:
         """logits (B, vocab) float32 -> one token id per row."""
+        if any(p.constraint is not None for p in params):
+            logits = _apply_constraints(logits, params)
         if all(p.greedy for p in params):
             return logits.argmax(dim=-1).tolist()
         out = []
@@ -48,6 +50,15 @@ class Sampler:
         if p.top_p < 1.0:
             probs = _top_p_filter(probs, p.top_p)
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _apply_constraints(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    logits = logits.clone()
+    for row, p in zip(logits, params):
+        mask = p.constraint.allowed(row.numel()) if p.constraint is not None else None
+        if mask is not None:
+            row.masked_fill_(~mask.to(row.device), float("-inf"))
+    return logits
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

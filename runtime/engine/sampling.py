@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.errors import InvalidSampling
 
@@ -19,6 +20,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings (the text stops before them)
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's end-of-turn ids
     ignore_eos: bool = False
+    # A TokenConstraint (runtime/engine/constraint.py) for this generation only, or None.
+    constraint: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0.0 and self.temperature <= 100.0):

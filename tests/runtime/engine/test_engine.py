@@ -139,3 +139,33 @@ def test_context_too_long_names_both_lengths(model):
 def test_invalid_sampling(kwargs):
     with pytest.raises(InvalidSampling):
         SamplingParams(**kwargs)
+
+
+class OnlyTokens:
+    """A constraint allowing a fixed sequence of tokens, then finished."""
+
+    def __init__(self, tokens):
+        self.tokens, self.i = list(tokens), 0
+
+    def allowed(self, vocab_size):
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[self.tokens[self.i]] = True
+        return mask
+
+    def advance(self, token):
+        assert token == self.tokens[self.i]
+        self.i += 1
+
+    def finished(self):
+        return self.i == len(self.tokens)
+
+
+def test_a_constraint_decides_the_tokens(model):
+    engine = make_engine(model)
+    seq = engine.new_sequence()
+    engine.extend(seq, PROMPT)
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=20,
+                            constraint=OnlyTokens([7, 8, 9]))
+    events = list(engine.generate(seq, params))
+    assert [e.token_id for e in events] == [7, 8, 9]
+    assert events[-1].finish_reason == "stop"

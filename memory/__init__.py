@@ -8,6 +8,8 @@ Files:
 - host_pool.py: HostPagePool, host slots (pinned on CUDA) and device <-> host copies on a stream.
 - disk_tier.py: DiskTier, content-addressed page files: atomic writes, verified reads, LRU gc.
 - write_through.py: WriteThrough, the background thread making sealed pages durable on disk.
+- placement.py: Placement, moves between tiers: LRU eviction device -> host -> disk, staging.
 - kv_cache.py: TieredKVCache, the facade the engine uses (alloc, seal, acquire, release, flush).
+- cache_usage.py: cumulative page hit and miss counts across processes, for `agent cache stats`.
 - store/: the SQLite session store.
 """

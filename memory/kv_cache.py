@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -10,21 +9,18 @@ from pathlib import Path
 
 import torch
 
-from memory.device_pool import DevicePagePool, PagePoolExhausted
+from memory.device_pool import DevicePagePool
 from memory.disk_tier import DiskTier
 from memory.hashing import chain_hashes, page_hash
 from memory.host_pool import HostPagePool
 from memory.kv_layout import KVLayout
+from memory.placement import OutOfPages, Placement
 from memory.prefix_index import PageEntry, PrefixIndex
-from memory.write_through import WriteJob, WriteThrough
+from memory.write_through import WriteThrough
 
-log = logging.getLogger(__name__)
+__all__ = ["Acquired", "OutOfPages", "PrefixHit", "TieredKVCache"]
 
 _DISK_CHUNK = 256  # pages read from disk per batch during a restore
-
-
-class OutOfPages(PagePoolExhausted):
-    """Every device page is pinned by a running sequence: nothing can be evicted."""
 
 
 @dataclass(slots=True)
@@ -108,9 +104,7 @@ class TieredKVCache:
             )
             self.writer = WriteThrough(self.disk, write_queue)
         self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
-        self._unwritten: dict[bytes, PageEntry] = {}  # sealed, not on disk, no write queued
-        self._in_flight = 0  # writes submitted and not yet drained (their host slots are busy)
-        self._counts: Counter[str] = Counter()
+        self.tiers = Placement(self.pool, self.host, self.index, self.disk, self.writer)
         # A CPU "device" is host memory: disk pages are read straight into it (tests may turn
         # this off to exercise the host path).
         self._read_direct = self.pool.device.type == "cpu"
@@ -129,7 +123,7 @@ class TieredKVCache:
 
     def lookup(self, hashes: list[bytes]) -> PrefixHit:
         """Which leading pages of the chain are cached, and in which tier (nothing moves)."""
-        self._drain()
+        self.tiers.drain()
         hit = PrefixHit()
         for h in hashes:
             tier = self._tier_of(h)
@@ -140,7 +134,7 @@ class TieredKVCache:
 
     def acquire(self, hashes: list[bytes]) -> Acquired:
         """Bring the longest available prefix to the device and pin it (see the class doc)."""
-        self._drain()
+        self.tiers.drain()
         for e in reversed(self.index.match(hashes)):
             self.index.touch(e)  # so making room below evicts other pages first
         got = Acquired()
@@ -155,20 +149,20 @@ class TieredKVCache:
                 self._hold(got, e, "host")
             elif not self._disk_up(hashes, got):
                 break
-        self._counts["miss_pages"] += len(hashes) - len(got.pages)
+        self.tiers.counts["miss_pages"] += len(hashes) - len(got.pages)
         return got
 
     def _hold(self, got: Acquired, e: PageEntry, tier: str) -> None:
         self.index.pin(e)
         got.pages.append(e.device)
         got.by_tier[tier] = got.by_tier.get(tier, 0) + 1
-        self._counts[f"hit_{tier}"] += 1
+        self.tiers.counts[f"hit_{tier}"] += 1
 
     def _host_up(self, e: PageEntry) -> bool:
         """Copy a host page to a fresh device page; False if no device page can be had."""
         self.index.set_restoring(e, True)  # making room below must not evict this host copy
         try:
-            pages = self._take_device_pages_upto(1)
+            pages = self.tiers.take_device_pages_upto(1)
         finally:
             self.index.set_restoring(e, False)
         if not pages:
@@ -184,9 +178,9 @@ class TieredKVCache:
         slots are taken before any read, so making room cannot evict a page of the run. On a
         CPU device, device memory is host memory: pages are read straight into it."""
         run = self._disk_run(hashes, len(got.pages))
-        pages = self._take_device_pages_upto(len(run))
+        pages = self.tiers.take_device_pages_upto(len(run))
         direct = self._read_direct
-        slots = [] if direct else self._take_host_slots(len(pages), wait=True)
+        slots = [] if direct else self.tiers.take_host_slots(len(pages), wait=True)
         n = len(pages) if direct else len(slots)
         self.pool.free(pages[n:])
         run, pages = run[:n], pages[:n]
@@ -246,15 +240,15 @@ class TieredKVCache:
 
     def alloc(self, n: int) -> list[int]:
         """`n` private pages, pinned once for the caller (see the class doc)."""
-        self._drain()
-        pages = self._take_device_pages(n)
+        self.tiers.drain()
+        pages = self.tiers.take_device_pages(n)
         for p in pages:
             self._private[p] = 1
         return pages
 
     def seal(self, page_id: int, h: bytes) -> int:
         """Publish a full private page under hash h; returns the id to use from now on."""
-        self._drain()
+        self.tiers.drain()
         holders = self._private.pop(page_id, None)
         assert holders == 1, f"sealing page {page_id} with {holders} holders (must be 1 private)"
         e = self.index.get(h)
@@ -269,7 +263,7 @@ class TieredKVCache:
         self.index.set_device(e, page_id)
         self.index.pin(e)
         if not e.disk and not e.writing:
-            self._write_through(e, wait=False)
+            self.tiers.write_through(e, wait=False)
         return page_id
 
     def pin(self, page_ids: list[int]) -> None:
@@ -305,146 +299,28 @@ class TieredKVCache:
 
     def flush(self) -> None:
         """Return once every sealed page is durable on disk (or its write failed, logged)."""
-        if self.writer is None:
-            return
-        self._drain()
-        pending = list(self._unwritten.values())
-        self._unwritten.clear()
-        for e in pending:
-            if not e.disk and not e.writing and (e.device is not None or e.host is not None):
-                self._write_through(e, wait=True)
-        self.writer.flush()
-        self._drain()
-
-    def _write_through(self, e: PageEntry, wait: bool) -> None:
-        """Stage e on host (if not there) and queue its disk write; without room, leave it
-        unwritten for `flush` (or the last-copy eviction) to write."""
-        if self.writer is None or not self.disk.writable:
-            return
-        if e.host is None:
-            slots = self._take_host_slots(1, wait=wait)
-            if not slots:
-                self._unwritten[e.hash] = e
-                return
-            self.host.to_host(self.pool.data, [e.device], slots)
-            self.index.set_host(e, slots[0])
-        job = WriteJob(e.hash, e.host, self.host.slot_bytes(e.host), self.host.fence(e.host))
-        if wait:
-            self.writer.submit_blocking(job)
-        elif not self.writer.submit(job):
-            self._unwritten[e.hash] = e
-            return
-        self._unwritten.pop(e.hash, None)
-        self.index.set_writing(e, True)
-        self._in_flight += 1
-
-    def _drain(self) -> None:
-        """Apply finished disk writes (called at the top of every public method)."""
-        if self.writer is None:
-            return
-        for h, _slot, ok in self.writer.completed():
-            e = self.index.get(h)
-            assert e is not None and e.writing, "a write finished for a page not being written"
-            self.index.set_writing(e, False)
-            self._in_flight -= 1
-            if ok:
-                self.index.set_disk(e, True)
-            self._counts["disk_writes" if ok else "disk_write_failures"] += 1
-
-    # -- eviction ------------------------------------------------------------------------------
-
-    def _take_device_pages(self, n: int) -> list[int]:
-        """`n` free device pages, evicting unpinned cached pages by LRU; OutOfPages if not."""
-        while self.pool.num_free < n:
-            victim = self.index.lru_device()
-            if victim is None:
-                raise OutOfPages(
-                    f"need {n} KV pages, {self.pool.num_free} free of {self.pool.num_pages} "
-                    "and every other page is held by a running sequence"
-                )
-            self._evict_device(victim, keep_host=True)
-        pages = self.pool.alloc(n)
-        self.host.before_device_reuse(pages)
-        return pages
-
-    def _take_device_pages_upto(self, n: int) -> list[int]:
-        """As many of `n` device pages as eviction can supply (maybe none)."""
-        while self.pool.num_free < n and (victim := self.index.lru_device()) is not None:
-            self._evict_device(victim, keep_host=True)
-        pages = self.pool.alloc(min(n, self.pool.num_free))
-        self.host.before_device_reuse(pages)
-        return pages
-
-    def _take_host_slots(self, n: int, wait: bool = False) -> list[int]:
-        """Up to `n` free host slots, evicting idle host copies by LRU. With `wait`, when
-        slots are short because pages are still being written, wait for those writes."""
-        while self.host.num_free < n and self._evict_host_lru():
-            pass
-        if wait and self.host.num_free < n and self._in_flight:
-            self.writer.flush()  # staged pages become idle host copies as they reach disk
-            self._drain()
-            while self.host.num_free < n and self._evict_host_lru():
-                pass
-        return self.host.alloc(min(n, self.host.num_free))
-
-    def _evict_device(self, e: PageEntry, keep_host: bool) -> None:
-        """Drop e's device copy, first copying it to host unless a lower tier suffices."""
-        if e.host is None and (keep_host or not e.disk):
-            slots = self._take_host_slots(1, wait=not e.disk)  # wait rather than lose it
-            if slots:
-                self.host.to_host(self.pool.data, [e.device], slots)
-                self.index.set_host(e, slots[0])
-        if e.host is None and not e.disk:
-            self._counts["dropped_pages"] += 1  # no room anywhere: it will be recomputed
-            self._unwritten.pop(e.hash, None)
-        page = e.device
-        self.index.set_device(e, None)
-        self.pool.free([page])
-        self._counts["device_evictions"] += 1
-
-    def _evict_host_lru(self) -> bool:
-        """Evict the LRU idle host copy, writing it to disk first if it is the last copy."""
-        e = self.index.lru_host()
-        if e is None:
-            return False
-        slot = e.host
-        if e.device is None and not e.disk:
-            self._write_now(e)
-        self.index.set_host(e, None)
-        self.host.free([slot])
-        self._counts["host_evictions"] += 1
-        return True
-
-    def _write_now(self, e: PageEntry) -> None:
-        """Synchronous write of a page's last copy (host) before it goes: memory pressure
-        outran write-through. Without a writable disk the page is dropped."""
-        self._unwritten.pop(e.hash, None)
-        if self.disk is None or not self.disk.writable:
-            self._counts["dropped_pages"] += 1
-            return
-        self.host.sync_slots([e.host])
-        self.index.set_disk(e, self.disk.write(e.hash, self.host.slot_bytes(e.host)))
+        self.tiers.flush()
 
     def evict_all_to_host(self) -> None:
         """Move every unpinned device page down a tier (tests and benchmarks)."""
-        self._drain()
+        self.tiers.drain()
         while (e := self.index.lru_device()) is not None:
-            self._evict_device(e, keep_host=True)
+            self.tiers.evict_device(e, keep_host=True)
 
     def evict_all_to_disk(self) -> None:
         """Flush, then drop every unpinned device and idle host copy (tests and benchmarks);
         pages with no disk copy are lost from the cache."""
         self.flush()
         while (e := self.index.lru_device()) is not None:
-            self._evict_device(e, keep_host=False)
-        while self._evict_host_lru():
+            self.tiers.evict_device(e, keep_host=False)
+        while self.tiers.evict_host_lru():
             pass
 
     # -- reporting -----------------------------------------------------------------------------
 
     def stats(self) -> dict:
         """Pages and bytes per tier, hits and misses per tier, write-through counters."""
-        self._drain()
+        self.tiers.drain()
         pb = self.layout.page_bytes
         sealed_dev = sum(1 for e in self.index.entries() if e.device is not None)
         dev = {
@@ -466,9 +342,9 @@ class TieredKVCache:
             "indexed": len(self.index),
             "device": dev,
             "host": host,
-            "unwritten": len(self._unwritten),
-            "pending_writes": self._in_flight,
-            **dict(self._counts),
+            "unwritten": len(self.tiers.unwritten),
+            "pending_writes": self.tiers.in_flight,
+            **dict(self.tiers.counts),
         }
         if self.disk is not None:
             out["disk"] = {**asdict(self.disk.stats()), **self.disk.counters}
@@ -485,7 +361,7 @@ class TieredKVCache:
         used = len(on_device) + len(self._private)
         assert used + self.pool.num_free == self.pool.num_pages, "device pages leaked"
         assert len(on_host) + self.host.num_free == self.host.num_pages, "host slots leaked"
-        assert self._in_flight == sum(e.writing for e in entries), "write count drifted"
+        assert self.tiers.in_flight == sum(e.writing for e in entries), "write count drifted"
 
     def close(self) -> None:
         """Flush and stop the background threads."""

@@ -17,8 +17,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
-from agent.events import Op, SessionStarted, Shutdown
+from agent.events import Op, Shutdown
 from agent.handle import AgentHandle
+from tui.cards import session_card
 from tui.catalog import SessionCatalog
 from tui.event_pump import pump_events
 from tui.history import PromptHistory
@@ -78,7 +79,7 @@ class AgentApp(App[None]):
         super().__init__()
         self.handle = handle
         self.catalog = catalog
-        self.info = info or AppInfo()
+        self._initial_info = info or AppInfo()
         self._rewind = rewind
         self._context_breakdown = context_breakdown
         self._clock = clock
@@ -91,9 +92,14 @@ class AgentApp(App[None]):
     async def on_mount(self) -> None:
         # Pushed rather than returned from get_default_screen: only pushed screens get their
         # CSS_PATH loaded. Events wait until it is mounted, so the pump starts after.
-        self.main = MainScreen(self.info, self.submit, self._clock, self._history)
+        self.main = MainScreen(self._initial_info, self.submit, self._clock, self._history)
         await self.push_screen(self.main)
         self._pump(self.handle)
+
+    @property
+    def info(self) -> AppInfo:
+        """The model and session on screen (kept by MainScreen from SessionStarted)."""
+        return self.main.info
 
     def on_unmount(self) -> None:
         # Leaving by any other road than quit (an exception, a signal) still saves the session.
@@ -112,14 +118,8 @@ class AgentApp(App[None]):
         pump_events(handle, self.post_message, lambda: worker.is_cancelled)
 
     async def on_agent_event_received(self, message: AgentEventReceived) -> None:
-        if message.source is not self.handle:
-            return  # from a session the app has left
-        if isinstance(message.event, SessionStarted):
-            event = message.event
-            self.info = AppInfo(
-                event.model, event.repo_root, event.context_window, event.session_id
-            )
-        await self.main.apply(message.event)
+        if message.source is self.handle:  # else from a session the app has left
+            await self.main.apply(message.event)
 
     async def on_text_streamed(self, message: TextStreamed) -> None:
         if message.source is self.handle:
@@ -140,21 +140,21 @@ class AgentApp(App[None]):
                 f"Unknown command /{invocation.typed}; /help lists them.", "error"
             )
             return
-        name = invocation.command.name
-        if name == "help":
-            self.action_help()
-        elif name == "model":
-            await self.main.show_model()
-        elif name == "context":
-            await self._show_context()
-        elif name == "rewind":
-            await self.action_rewind()
-        elif name == "resume":
-            await self.action_sessions()
-        elif name == "diff":
-            self.main.action_cycle_diff()
-        elif name == "quit":
-            await self.action_quit()
+        match invocation.command.name:
+            case "help":
+                self.action_help()
+            case "model":
+                await self.main.show_model()
+            case "context":
+                await self._show_context()
+            case "rewind":
+                await self.action_rewind()
+            case "resume":
+                await self.action_sessions()
+            case "diff":
+                self.main.action_cycle_diff()
+            case "quit":
+                await self.action_quit()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -178,12 +178,17 @@ class AgentApp(App[None]):
         await self.main.show_context(message.breakdown)
 
     async def on_task_failed(self, message: TaskFailed) -> None:
-        self._switching = False
         await self.main.add_notice(f"Failed {message.what}: {message.error}", "error")
+        if self._switching:
+            self._switching = False
+            if self.handle.closed:  # the old session is shut down and no new one opened
+                self.main.set_closed()
 
     # ---- rewind ---------------------------------------------------------------------------
 
     async def action_rewind(self) -> None:
+        if self.screen is not self.main:
+            return
         if self._rewind is None:
             await self.main.add_notice("Rewind is not available in this session.", "error")
         elif self.main.turns.busy:
@@ -217,16 +222,18 @@ class AgentApp(App[None]):
     # ---- sessions -------------------------------------------------------------------------
 
     async def action_sessions(self) -> None:
+        if self.screen is not self.main:
+            return  # not over a modal (an approval waits, or the picker is already open)
         if self.catalog is None:
             await self.main.add_notice("No session store: sessions are not available.", "error")
-        elif not isinstance(self.screen, SessionPickerScreen):
+        else:
             picker = SessionPickerScreen(self.catalog, self.info.session_id)
             self.push_screen(picker, self._session_chosen)
 
     def _session_chosen(self, choice: SessionChoice | None) -> None:
         if choice is None or self.catalog is None:
             return
-        if choice.action == "resume" and choice.session_id == self.info.session_id:
+        if choice.action == "resume" and choice.session.id == self.info.session_id:
             self.notify("That session is already open.", timeout=3)
             return
         self._switching = True
@@ -241,22 +248,21 @@ class AgentApp(App[None]):
     ) -> None:
         try:
             _wait_closed(old, SHUTDOWN_WAIT_S)
-            session_id = choice.session_id
+            session_id = choice.session.id
             if choice.action == "fork":
                 session_id = catalog.fork(session_id)
             handle = catalog.open(session_id)
         except Exception as exc:
-            log.exception("opening session %s failed", choice.session_id)
-            self.post_message(TaskFailed(f"opening session {choice.session_id}", str(exc)))
+            log.exception("opening session %s failed", choice.session.id)
+            self.post_message(TaskFailed(f"opening session {choice.session.id}", str(exc)))
             return
-        self.post_message(SessionOpened(handle, session_id))
+        self.post_message(SessionOpened(handle, session_id, choice.session))
 
     async def on_session_opened(self, message: SessionOpened) -> None:
         self.handle = message.handle
         self._shutdown_sent = False
-        self.info = replace(self.info, session_id=message.session_id)
-        await self.main.reset(self.info)
-        await self.main.add_notice(f"Opened session {message.session_id}.", "note")
+        await self.main.reset(replace(self.info, session_id=message.session_id))
+        await self.main.add_notice(session_card(message.session_id, message.origin))
         self._switching = False
         self._pump(self.handle)
 

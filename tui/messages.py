@@ -54,6 +54,7 @@ class SessionOpened(Message):
 
     handle: AgentHandle
     session_id: str
+    origin: SessionSummary  # the session picked (for a fork, the one it was copied from)
 
 
 @dataclass

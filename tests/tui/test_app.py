@@ -306,3 +306,35 @@ async def test_agent_closing_by_itself_is_shown(make_app, wait_for):
         await send(pilot, "hello")
         await wait_for(pilot, lambda: len(notices(app)) == 2)
         assert "stopped" in notices(app)[1]
+
+
+async def test_leaving_without_quit_still_sends_shutdown(make_app, wait_for):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.exit()
+    assert app.handle.ops == [Shutdown()]
+
+
+async def test_fatal_error_stops_the_session(make_app, wait_for):
+    from agent.events import Error
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        app.handle.emit(Error("model file is missing: run `agent models pull`", fatal=True))
+        await wait_for(pilot, lambda: app.main.closed)
+        assert "agent models pull" in notices(app)[0]
+        assert "stopped" in str(app.main.status.render())
+
+
+async def test_old_items_are_trimmed_from_the_transcript(make_app, wait_for):
+    from tui.widgets import transcript
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        app.handle.emit(*(Note(f"note {i}") for i in range(transcript.MAX_ITEMS + 5)))
+        await wait_for(pilot, lambda: "note 404" in (notices(app) or [""])[-1])
+        shown = app.main.transcript.items
+        assert len(shown) == transcript.MAX_ITEMS + 5 - transcript.TRIM_ITEMS
+        earlier = str(app.main.query_one("#earlier").render())
+        assert f"{transcript.TRIM_ITEMS} earlier items" in earlier

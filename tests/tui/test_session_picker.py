@@ -6,6 +6,7 @@ import pytest
 
 from agent.events import Shutdown, UserInput
 from tui.screens.session_picker import SessionPickerScreen
+from tui.widgets.notice import Notice
 from tui.widgets.user_message import UserMessage
 
 pytestmark = pytest.mark.asyncio
@@ -51,6 +52,8 @@ async def test_resume_shuts_down_and_switches_handle(make_app, catalog, wait_for
         assert catalog.calls[-1] == ("open", "s-2")
         await wait_for(pilot, lambda: app.info.session_id == "s-2")
         assert not app.main.transcript.query(UserMessage)  # the old conversation is gone
+        card = str(app.main.query_one(Notice).render())
+        assert "Resumed s-2: Add a CLI" in card and "argparse entry point" in card
         app.main.prompt.load_text("continue")
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.handle.ops)
@@ -75,6 +78,8 @@ async def test_fork_opens_the_copy(make_app, catalog, wait_for):
         await pilot.press("f")  # fork s-1, the open session
         await wait_for(pilot, lambda: app.info.session_id == "s-1-fork")
         assert catalog.calls[-2:] == [("fork", "s-1"), ("open", "s-1-fork")]
+        await wait_for(pilot, lambda: app.main.query(Notice))
+        assert "Forked s-1 as s-1-fork" in str(app.main.query_one(Notice).render())
 
 
 async def test_delete_needs_a_second_press(make_app, catalog, wait_for):
@@ -109,3 +114,17 @@ async def test_without_catalog(make_app, wait_for):
         await pilot.pause()
         assert not isinstance(app.screen, SessionPickerScreen)
         assert "not available" in str(app.main.query_one("Notice").render())
+
+
+async def test_open_failure_is_reported(make_app, catalog, wait_for):
+    def broken(session_id: str):
+        raise OSError("page file s-2/0007 is corrupt")
+
+    catalog.open = broken
+    app = make_app(catalog=catalog)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_picker(app, pilot, wait_for)
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.main.query(Notice))
+        assert "page file s-2/0007 is corrupt" in str(app.main.query_one(Notice).render())
+        assert app.main.closed  # the old session was shut down first

@@ -32,7 +32,7 @@ from agent.events import (
     UserInput,
 )
 from tui import commands
-from tui.formatting import percent, tokens
+from tui.cards import context_card, model_card
 from tui.history import PromptHistory
 from tui.info import AppInfo
 from tui.messages import CommandEntered, PromptSubmitted
@@ -191,7 +191,7 @@ class MainScreen(Screen[None]):
         await self._assistant.write(text)
 
     def _session_started(self, event: SessionStarted) -> None:
-        self.info = AppInfo(event.model, event.repo_root, event.context_window, event.session_id)
+        self.info = AppInfo.from_session(event)
         self.status.set_info(self.info)
         self._clear_indeterminate_progress()
 
@@ -217,9 +217,9 @@ class MainScreen(Screen[None]):
         if self._assistant is None and event.text.strip():
             await self.stream_text(event.text)  # a backend that does not stream
         await self._end_text()
-        for screen in list(self._approvals.values()):
-            screen.dismiss(None)  # withdrawn: the turn is over
+        self._withdraw_approvals()
         self._clear_indeterminate_progress()
+        self._tools.clear()  # call ids do not outlive their turn
         self.turns.finished()
         self._interrupting = False
         self.status.set_usage(event.usage)
@@ -259,6 +259,11 @@ class MainScreen(Screen[None]):
 
         self.app.push_screen(screen, answered)
         self._show_state()
+
+    def _withdraw_approvals(self) -> None:
+        # Newest first: only the top screen of the stack can be dismissed.
+        for screen in reversed(list(self._approvals.values())):
+            screen.dismiss(None)
 
     async def _error(self, event: Error) -> None:
         await self.add_notice(event.message, "error")
@@ -316,58 +321,29 @@ class MainScreen(Screen[None]):
 
     async def show_model(self) -> None:
         """The /model card."""
-        info = self.info
-        window = tokens(info.context_window) if info.context_window else "unknown"
-        lines = [
-            ("model", info.model or "unknown"),
-            ("context window", f"{window} tokens"),
-            ("repository", info.repo_root or "unknown"),
-            ("session", info.session_id or "—"),
-        ]
-        await self.add_notice(_table(lines, "Model"))
+        await self.add_notice(model_card(self.info))
 
     async def show_context(self, breakdown: dict[str, int] | None) -> None:
         """The /context card: tokens by segment against the window."""
         usage = self.status.usage
         window = (usage.context_window if usage else 0) or self.info.context_window
-        if breakdown is None:
-            used = usage.context_tokens if usage else 0
-            lines = [
-                ("resident", f"{tokens(used)} of {tokens(window)} {percent(used, window)}"),
-                ("by segment", "not available in this session"),
-            ]
-            await self.add_notice(_table(lines, "Context"))
-            return
-        total = sum(breakdown.values())
-        lines = [
-            (name, f"{tokens(n):>7}  {percent(n, window):>4}  {_bar(n, window)}")
-            for name, n in breakdown.items()
-        ]
-        lines.append(
-            (
-                "total",
-                f"{tokens(total):>7}  {percent(total, window):>4}  of {tokens(window)}"
-                if window
-                else f"{tokens(total):>7}",
-            )
-        )
-        await self.add_notice(_table(lines, "Context"))
+        used = usage.context_tokens if usage else 0
+        await self.add_notice(context_card(breakdown, used, window))
 
     async def rewound(self, turn: int) -> None:
         """Turn `turn` and later are gone: drop them and put the prompt back to edit."""
         prompt = self.turn_prompts.get(turn, "")
-        start = self.transcript.turn_start(turn)
-        if start is not None:
-            await self.transcript.remove_from(start)
+        await self.transcript.remove_turns_from(turn)
         self.turn_prompts = {t: p for t, p in self.turn_prompts.items() if t < turn}
-        self._tools = {k: v for k, v in self._tools.items() if v.is_attached}
         self.prompt.load_text(prompt)
         self.prompt.move_cursor(self.prompt.document.end)
         await self.add_notice(f"Rewound to before turn {turn}.", "note")
 
     async def reset(self, info: AppInfo) -> None:
         """A new session replaces this one: start from an empty screen."""
-        await self.transcript.remove_children()
+        await self._end_text()
+        self._withdraw_approvals()
+        await self.transcript.clear()
         await self.query_one("#queue").remove_children()
         await self.query_one("#progress").remove_children()
         self.info = info
@@ -380,16 +356,3 @@ class MainScreen(Screen[None]):
         self.closed = False
         self.status.set_info(info)
         self._show_state()
-
-
-def _table(lines: list[tuple[str, str]], title: str) -> Content:
-    width = max(len(label) for label, _ in lines)
-    rows = [
-        Content.assemble((f"{label:<{width}}  ", "$text-muted"), value) for label, value in lines
-    ]
-    return Content("\n").join([Content.styled(title, "bold"), *rows])
-
-
-def _bar(part: int, whole: int, width: int = 20) -> str:
-    filled = round(width * part / whole) if whole > 0 else 0
-    return "█" * min(width, filled) + "░" * max(0, width - filled)

@@ -29,7 +29,7 @@ class SessionChoice:
     """What the user picked: resume a session as it is, or fork it and resume the copy."""
 
     action: Literal["resume", "fork"]
-    session_id: str
+    session: SessionSummary
 
 
 class SessionPickerScreen(ModalScreen[SessionChoice | None]):
@@ -124,12 +124,12 @@ class SessionPickerScreen(ModalScreen[SessionChoice | None]):
     def _resume(self) -> None:
         session = self.highlighted
         if session is not None:
-            self.dismiss(SessionChoice("resume", session.id))
+            self.dismiss(SessionChoice("resume", session))
 
     def action_fork(self) -> None:
         session = self.highlighted
         if session is not None:
-            self.dismiss(SessionChoice("fork", session.id))
+            self.dismiss(SessionChoice("fork", session))
 
     def action_delete(self) -> None:
         session = self.highlighted

@@ -24,7 +24,9 @@ class Notice(Static):
     }
     """
 
-    def __init__(self, content: str | Content, kind: NoticeKind = "info") -> None:
+    def __init__(
+        self, content: str | Content, kind: NoticeKind = "info", id: str | None = None
+    ) -> None:
         # Plain strings come from the agent or tools: never interpret them as markup.
-        super().__init__(Content(content) if isinstance(content, str) else content)
+        super().__init__(Content(content) if isinstance(content, str) else content, id=id)
         self.add_class(f"-{kind}")

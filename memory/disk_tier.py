@@ -236,6 +236,11 @@ class DiskTier:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def read(self, h: bytes) -> np.ndarray | None:
+        """One page's verified bytes, or None if missing or bad (the caller recomputes)."""
+        out = np.empty(self.page_bytes, np.uint8)
+        return out if self.read_into(h, out) else None
+
     def read_into(self, h: bytes, out: np.ndarray) -> bool:
         """Read and verify one page into `out` (uint8, page_bytes); False if missing or bad."""
         path = self.path(h)

@@ -33,8 +33,7 @@ def payload(i: int, size: int = PAGE) -> np.ndarray:
 
 
 def read(tier: DiskTier, i: int) -> np.ndarray | None:
-    out = np.empty(tier.page_bytes, np.uint8)
-    return out if tier.read_into(h(i), out) else None
+    return tier.read(h(i))
 
 
 @pytest.fixture

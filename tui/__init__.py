@@ -10,6 +10,7 @@ Files:
 - history.py: PromptHistory, up/down through earlier prompts.
 - commands.py: the slash commands and their parser.
 - diff.py: unified diffs parsed into rows, paired for side by side.
+- cards.py: the tables /model, /context and a resumed session print into the transcript.
 - formatting.py: short forms of token counts, durations and tool arguments.
 - demo.py: `python -m tui.demo`, the app on a scripted handle.
 - screens/: one screen per file, each with its .tcss (see screens/__init__.py).

@@ -107,15 +107,25 @@ class AgentApp(App[None]):
 
     def submit(self, op: Op) -> None:
         """Send an op to the agent (dropped once it has closed)."""
-        if not self.handle.closed:
+        if self.handle.closed:
+            return
+        try:
             self.handle.submit(op)
+        except Exception as exc:  # a broken agent must not take the UI down with it
+            log.exception("submitting %r failed", op)
+            self.post_message(TaskFailed(f"sending {type(op).__name__}", str(exc)))
 
     # ---- the event pump -----------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="pump", name="event pump")
     def _pump(self, handle: AgentHandle) -> None:
         worker = get_current_worker()
-        pump_events(handle, self.post_message, lambda: worker.is_cancelled)
+        try:
+            pump_events(handle, self.post_message, lambda: worker.is_cancelled)
+        except Exception as exc:
+            log.exception("reading agent events failed")
+            self.post_message(TaskFailed("reading the agent's events", str(exc)))
+            self.post_message(AgentClosed(handle))
 
     async def on_agent_event_received(self, message: AgentEventReceived) -> None:
         if message.source is self.handle:  # else from a session the app has left

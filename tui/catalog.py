@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -30,7 +31,7 @@ class SessionCatalog(Protocol):
     `open` and `fork` are only called after the app's current handle has been shut down.
     """
 
-    def list(self) -> list[SessionSummary]:
+    def list(self) -> builtins.list[SessionSummary]:  # `list` is this method in here
         """All saved sessions, most recently updated first."""
         ...
 

@@ -20,7 +20,6 @@ from agent.events import (
     Interrupt,
     KVStats,
     Op,
-    Progress,
     SessionStarted,
     Shutdown,
     TokenDelta,
@@ -378,6 +377,6 @@ def wait_for() -> Callable[..., Any]:
 
 
 @pytest.fixture
-def events() -> dict[str, Any]:
-    """Event classes and canned values tests build extra events from."""
-    return {"Progress": Progress, "KV": KV, "USAGE": USAGE, "DIFF": DIFF, "HOLD": HOLD}
+def canned() -> dict[str, Any]:
+    """Canned values tests build their own scripts from: DIFF, USAGE, KV, HOLD, APPROVAL."""
+    return {"DIFF": DIFF, "USAGE": USAGE, "KV": KV, "HOLD": HOLD, "APPROVAL": APPROVAL}

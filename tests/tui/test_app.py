@@ -338,3 +338,16 @@ async def test_old_items_are_trimmed_from_the_transcript(make_app, wait_for):
         assert len(shown) == transcript.MAX_ITEMS + 5 - transcript.TRIM_ITEMS
         earlier = str(app.main.query_one("#earlier").render())
         assert f"{transcript.TRIM_ITEMS} earlier items" in earlier
+
+
+async def test_a_broken_handle_does_not_crash_the_app(make_app, make_handle, wait_for):
+    handle = make_handle()
+
+    def broken(timeout=None):
+        raise RuntimeError("event queue torn down")
+
+    handle.next_event = broken
+    app = make_app(handle)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.main.closed)
+        assert "event queue torn down" in " ".join(notices(app))

@@ -72,8 +72,8 @@ async def test_always_with_an_edited_rule(make_app, make_handle, scripts, wait_f
         assert tool.has_class("-ok")
 
 
-async def test_denied_call_is_marked(make_app, make_handle, scripts, wait_for, events):
-    handle = make_handle(script=lambda n, p: scripts["approval"](n, p)[:4] + [events["HOLD"]])
+async def test_denied_call_is_marked(make_app, make_handle, scripts, wait_for, canned):
+    handle = make_handle(script=lambda n, p: scripts["approval"](n, p)[:4] + [canned["HOLD"]])
     app = make_app(handle)
     async with app.run_test(size=(100, 40)) as pilot:
         await ask(app, pilot, wait_for)

@@ -9,8 +9,8 @@ from tui.history import PromptHistory
 from tui.turn_queue import TurnQueue
 
 
-def test_parse_unified_numbers_lines(events):
-    rows = parse_unified(events["DIFF"])
+def test_parse_unified_numbers_lines(canned):
+    rows = parse_unified(canned["DIFF"])
     assert [r.kind for r in rows] == [
         "file",
         "file",

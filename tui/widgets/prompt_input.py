@@ -56,8 +56,8 @@ class PromptInput(TextArea):
 
     def submit(self) -> None:
         """Send the text (if any), record it in the history and clear the prompt."""
-        text = self.text
-        if not text.strip():
+        text = self.text.strip()
+        if not text:
             return
         self.prompt_history.add(text)
         self.clear()

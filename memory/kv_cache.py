@@ -65,6 +65,7 @@ class TieredKVCache:
       first page that is missing, fails verification, or finds no device page to land in.
     - `pin`/`release` add and drop one holder of pages (private or sealed).
     - `flush()` returns once every sealed page is durable on disk (or its write failed).
+      Only flushed pages are promised to survive the process; `close()` flushes and ends use.
 
     Page ids handed out stay valid until released; the contents of a sealed page never change.
     Not thread-safe: one caller thread (the engine's); the write-through worker only reports

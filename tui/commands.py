@@ -19,7 +19,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("help", "keys and commands (also ? or F1)"),
-    Command("model", "the model, its context window, the repository and the session"),
+    Command("model", "model, context window, repository, session"),
     Command("context", "what fills the context window, by segment"),
     Command("rewind", "go back to before an earlier turn"),
     Command("resume", "resume, fork or delete a saved session (also ctrl+r)", ("sessions",)),

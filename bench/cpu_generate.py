@@ -63,12 +63,12 @@ def hf_model(model):
                       head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
                       max_position_embeddings=c.max_position_embeddings,
                       tie_word_embeddings=c.tie_word_embeddings)
-    with torch.device("meta"):
-        hf = LlamaForCausalLM(cfg)
+    hf = LlamaForCausalLM(cfg).to(model.dtype)
     state = {k: v.contiguous() for k, v in model.engine.runner.model.state_dict().items()}
-    hf.load_state_dict(state, assign=True, strict=False)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
     hf.tie_weights()
-    return hf.to(model.dtype).eval()
+    return hf.eval()
 
 
 def hf_decode(hf, prompt: list[int], n: int) -> float:

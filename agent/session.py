@@ -52,6 +52,15 @@ class SessionOptions:
     title: str | None = None
 
 
+@dataclass
+class _Rewind:
+    """An internal op: rewind to the start of `turn`, then signal `done`."""
+
+    turn: int
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
 class StoreRecorder(Recorder):
     """Writes the loop's events and token segments into the session store."""
 
@@ -131,6 +140,8 @@ class AgentSession(AgentHandle):
         if isinstance(op, UserInput):
             self.turn += 1
             self._checkpoint()
+            if self.store:  # where the conversation stood, for a later rewind
+                self.store.append_event(self.session_id, self.turn, "mark", self.loop.conv.mark())
             preamble = self._outside_changes()
             self.watcher.turn_started()
             try:
@@ -138,7 +149,45 @@ class AgentSession(AgentHandle):
             finally:
                 self.watcher.turn_finished()
                 self.backend.flush()
+        if isinstance(op, _Rewind):
+            self._rewind(op)
         return True  # a stray approval or interrupt between turns
+
+    def rewind(self, turn: int, timeout: float = 60.0) -> None:
+        """Restore code and conversation to the start of `turn` (between turns only)."""
+        op = _Rewind(turn)
+        self._ops.put(op)
+        if not op.done.wait(timeout):
+            raise TimeoutError("rewind did not finish; is a turn still running?")
+        if op.error:
+            raise op.error
+
+    def _rewind(self, op: _Rewind) -> None:
+        try:
+            marks = {e.turn: e.payload for e in self.store.events(self.session_id)
+                     if e.kind == "mark"} if self.store else {}
+            if op.turn not in marks:
+                raise ValueError(f"no record of turn {op.turn} in this session")
+            from agent.checkpoint import Checkpoints
+
+            Checkpoints(self.workspace.root, self.session_id).restore(op.turn)
+            self.store.truncate_to_turn(self.session_id, op.turn - 1)
+            self.loop.conv.truncate(marks[op.turn])
+            self.turn = op.turn - 1
+            self.watcher.mark_seen()
+        except Exception as e:  # reported to the caller, the session goes on
+            op.error = e
+        finally:
+            op.done.set()
+
+    def context_breakdown(self) -> dict[str, int]:
+        """Tokens of the resident context by segment kind (system and repository, user, ...)."""
+        if not self.store or not self.session_id:
+            return {"total": self.loop.conv.context_tokens if self.loop else 0}
+        out: dict[str, int] = {}
+        for seg in self.store.segments(self.session_id, with_ids=False):
+            out[seg.kind] = out.get(seg.kind, 0) + seg.n_tokens
+        return out
 
     def _open(self) -> None:
         schemas = [t.schema() for t in self.tools]

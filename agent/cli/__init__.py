@@ -6,6 +6,7 @@ Files:
 - models.py: `agent models list|pull`.
 - run.py: `agent run`, a headless session.
 - cache.py: `agent cache stats|gc|clear`.
+- tui.py: `agent` / `agent tui`, the Textual app over an AgentSession and the store.
 - sessions.py: `agent sessions list|show|delete|export` and `agent rewind`.
 - render.py: headless output (text, json, stream-json).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import cache, common, generate, models, run, sessions
+from agent.cli import cache, common, generate, models, run, sessions, tui
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, sessions, generate, models, cache):
+    for module in (tui, run, sessions, generate, models, cache):
         module.register(sub)
     return parser
 
@@ -33,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["tui", *argv]  # `agent` alone (or with only flags) opens the app
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return common.EXIT_USAGE
     return common.run_command(args.func, args)
 
 

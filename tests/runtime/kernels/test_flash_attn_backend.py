@@ -62,7 +62,7 @@ def fake_flash_attn(calls: list[str]) -> types.ModuleType:
 
 
 @pytest.mark.parametrize("page_size", [256, 16])
-@pytest.mark.parametrize("query_lens", [[5, 1, 300], [1, 1, 1]], ids=["extend", "decode"])
+@pytest.mark.parametrize("query_lens", [[5, 1, 70], [1, 1, 1]], ids=["extend", "decode"])
 def test_flash_backend_wiring(monkeypatch, paged, rel, page_size, query_lens):
     calls: list[str] = []
     monkeypatch.setitem(sys.modules, "flash_attn", fake_flash_attn(calls))

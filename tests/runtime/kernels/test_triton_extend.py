@@ -61,7 +61,7 @@ def test_extend_tile_wider_than_page(paged, rel, group):
 def test_extend_tma_tiles(paged, rel, group, page_size):
     # Whole in-page tiles through tensor descriptors (the interpreter emulates the bulk copy);
     # page 16 with BLOCK_N 32 falls back to pointer loads.
-    cfg = ExtendConfig(block_m=16, block_n=16 if page_size == 64 else 32, num_warps=1,
+    cfg = ExtendConfig(block_m=32, block_n=16 if page_size == 64 else 32, num_warps=1,
                        num_stages=1, tma=True, warp_specialize=True)  # fmt: skip
     check(paged, rel, MIXED, group, 64, page_size, config=cfg, num_splits=2)
 

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_flags(p)
     add_session_flags(p)
     p.add_argument("--permission-mode", choices=MODES, default="ask")
+    p.add_argument("--max-turns", type=int, default=12, help="model calls per message")
+    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
     p.add_argument("--resume", metavar="ID", help="resume this session (id or prefix)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="resume the most recent session of this repository")
@@ -55,6 +57,8 @@ class StoreCatalog:
 
 def run(args: argparse.Namespace) -> int:
     from agent.backends import open_backend
+    from agent.backends.base import GenParams
+    from agent.loop import LoopConfig
     from agent.session import AgentSession, SessionOptions
     from tui.app import AgentApp
     from tui.info import AppInfo
@@ -68,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     store = open_store()
     resume = resolve_resume(store, args, repo)
     backend = open_backend(args.model, dtype=args.dtype, device=args.device, progress=True)
-    options = SessionOptions(permission_mode=args.permission_mode)
+    options = SessionOptions(permission_mode=args.permission_mode,
+                             loop=LoopConfig(max_steps=args.max_turns,
+                                             gen=GenParams(max_tokens=args.max_tokens)))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)
     app = AgentApp(session, StoreCatalog(store, backend, repo, options),
                    AppInfo(backend.name, str(repo), backend.context_window, resume or ""),

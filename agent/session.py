@@ -228,7 +228,7 @@ class AgentSession(AgentHandle):
     def _restore_state(self) -> dict[str, Any]:
         info = self.store.get(self.resume_id)
         self.session_id = info.id
-        self.turn = info.turn_count
+        self.turn = self._drop_unfinished_turn(info.turn_count)
         segments = self.store.segments(self.session_id)
         messages = [e.payload for e in self.store.events(self.session_id) if e.kind == "message"]
         text = "".join(s.text or "" for s in segments)
@@ -242,6 +242,18 @@ class AgentSession(AgentHandle):
             return []
         self._events.put(Note(note))
         return [{"role": "user", "content": note}]
+
+    def _drop_unfinished_turn(self, turn_count: int) -> int:
+        """A turn cut short (kill -9, power loss) is rewound: the log resumes where it is whole.
+
+        Its events stay in the store, superseded; the files it changed are left as they are and
+        show up in the next turn's note of outside changes."""
+        done = [e.turn for e in self.store.events(self.session_id) if e.kind == "usage"]
+        last = max(done, default=0)
+        if turn_count > last:
+            self.store.truncate_to_turn(self.session_id, last)
+            self._events.put(Note(f"turn {turn_count} was cut short; resuming after turn {last}"))
+        return last
 
     def _checkpoint(self) -> None:
         if not self.store:

@@ -1,0 +1,106 @@
+"""`agent run` as users run it: real processes, the default model, a real store and KV cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from agent import events as ev
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = str(Path(sys.executable).parent / "agent")
+TYPES = {name: cls for cls, name in ev._TYPE_NAMES.items()}
+
+
+@pytest.fixture
+def env(tmp_path, smollm2_gguf):
+    """A private data dir and KV cache; the model cache stays shared."""
+    e = dict(os.environ, AGENT_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    return e
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / "repo"
+    shutil.copytree(ROOT / "examples" / "calculator", path)
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    return path
+
+
+def agent(env, *args, timeout=600):
+    return subprocess.run([AGENT, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def validate_stream(stdout: str) -> list[dict]:
+    """Every line is one JSON event of a known type with exactly its fields; a result ends it."""
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    for obj in lines[:-1]:
+        cls = TYPES[obj["type"]]
+        assert set(obj) == {"type"} | {f.name for f in fields(cls)}, obj
+    assert lines[0]["type"] in ("progress", "session_started")
+    result = lines[-1]
+    assert result["type"] == "result" and result["status"] in ("done", "turn_limit")
+    assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "cached_tokens"}
+    return lines
+
+
+def test_stream_json_validates_and_resume_reuses_the_whole_context(env, repo):
+    first = agent(env, "run", "--repo", str(repo), "--output-format", "stream-json",
+                  "--max-tokens", "24", "--max-turns", "2", "What is in calc.py?")
+    assert first.returncode in (0, 3), first.stderr
+    lines = validate_stream(first.stdout)
+    session = lines[-1]["session_id"]
+    context = [e for e in lines if e["type"] == "turn_finished"][-1]["usage"]["context_tokens"]
+    second = agent(env, "run", "--repo", str(repo), "--continue", "--output-format", "json",
+                   "--max-tokens", "16", "--max-turns", "1", "And in test_calc.py?")
+    assert second.returncode in (0, 3), second.stderr
+    result = json.loads(second.stdout)
+    assert result["session_id"] == session
+    page = 64
+    assert result["usage"]["cached_tokens"] >= context - page  # no re-prefill of the past
+    listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
+    assert listed[0]["id"] == session and listed[0]["turns"] == 2
+
+
+def test_kill_9_mid_run_loses_at_most_the_event_being_written(env, repo):
+    proc = subprocess.Popen([AGENT, "run", "--repo", str(repo), "--output-format",
+                             "stream-json", "--max-tokens", "400", "Explain calc.py in detail."],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deltas = 0
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "message_delta":
+            deltas += 1
+            if deltas == 5:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
+    assert len(listed) == 1
+    sid = listed[0]["id"]
+    shown = json.loads(agent(env, "sessions", "show", sid, "--json").stdout)
+    kinds = [e["kind"] for e in shown["events"]]
+    assert kinds[:2] == ["message", "note"] and "mark" in kinds  # what was committed is there
+    again = agent(env, "run", "--repo", str(repo), "--resume", sid, "--output-format", "json",
+                  "--max-tokens", "16", "--max-turns", "1", "Summarise in one line.")
+    assert again.returncode in (0, 3), again.stderr
+    assert json.loads(again.stdout)["session_id"] == sid
+
+
+def test_errors_are_one_line_with_the_fix(env, repo, tmp_path):
+    missing = agent(env, "run", "--repo", str(repo), "--model", str(tmp_path / "nope"), "hi")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+    bad_repo = agent(env, "run", "--repo", str(tmp_path / "none"), "hi")
+    assert bad_repo.returncode == 2 and "not a directory" in bad_repo.stderr
+    no_session = agent(env, "run", "--repo", str(repo), "--resume", "zzz", "hi")
+    assert no_session.returncode == 1 and no_session.stderr.startswith("error:")

@@ -1,5 +1,18 @@
 """The agent: the loop, the context layout, tool-call parsing, tools, permissions, the CLI.
 
 Files:
-- cli.py: the `agent` command and its subcommands.
+- events.py: the ops front ends submit and the events they receive (dataclasses).
+- handle.py: AgentHandle, the one interface between the core and every front end.
+- session.py: AgentSession, a worker thread running the loop, recording to the store.
+- loop.py: AgentLoop, one user turn: append, generate, parse, dispatch tools, record.
+- context.py: the stable-first layout: instructions, tool schemas, the repository.
+- repo_snapshot.py: the repository as the model first sees it, within a token budget.
+- external_changes.py: files changed outside the agent, appended as notes with the diff.
+- tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
+- workspace.py: the sandbox: paths outside the repository and `.git/` writes refused.
+- permissions.py: modes and allow/deny rules.
+- checkpoint.py: worktree checkpoints per turn under a private ref namespace; restore.
+- backends/: model backends (local runtime, OpenAI-compatible server, scripted).
+- tools/: the tools the model calls.
+- cli/: the `agent` command.
 """

@@ -1,5 +1,13 @@
 """The engine: sequences over paged KV, scheduling, running the model, sampling.
 
 Files:
-- metadata.py: build AttentionMetadata from per-sequence block tables and lengths.
+- engine.py: Engine (extend, generate, generate_batch, fork, truncate, release).
+- sequence.py: Sequence and its device BlockTable that grows without per-step rebuilds.
+- scheduler.py: Scheduler (token budget, decode first, chunked prefill) and Request.
+- model_runner.py: ModelRunner, batch tensors and the forward; CPU weight layout.
+- kv_pages.py: the KVPages protocol the engine needs, and PrivatePages (no reuse).
+- sampling.py: SamplingParams, validated.
+- sampler.py: Sampler (greedy, temperature, top-k, top-p, seeds, constraints).
+- constraint.py: TokenConstraint, the hook for constrained decoding.
+- metadata.py: build AttentionMetadata from per-sequence lists (tests and tools).
 """

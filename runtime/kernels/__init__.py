@@ -3,4 +3,9 @@
 Files:
 - backend.py: AttentionBackend (the contract), AttentionMetadata, the lazy registry.
 - torch_ref.py: the reference backend (gather pages, then SDPA); serves the CPU and tests.
+- triton_extend.py: paged extend/prefill attention (GQA-packed tiles, causal skipping, splits).
+- triton_decode.py: paged split-KV decode attention and the log-sum-exp merge.
+- triton_store.py: the KV store into pages.
+- triton_backend.py: TritonBackend, the kernels above behind the contract.
+- flash_attn_backend.py: FlashAttnBackend over flash-attn's paged API (optional install).
 """

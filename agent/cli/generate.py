@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
     apply_dirs(args)
     model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, device=args.device,
-                                                       progress=sys.stderr.isatty()))
+                                                       progress=sys.stderr.isatty(),
+                                                       prefix_cache=not args.no_prefix_cache))
     try:
         return _generate(model, args, params)
     finally:

@@ -92,6 +92,7 @@ class LocalModel:
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = DTYPES[options.dtype or _default_dtype(device)]
         loaded = load_model(path, dtype=dtype, device=device)
+        loaded.model.fuse_projections()
         if device.type == "cpu":
             prefer_transposed_linears(loaded.model)
         tokenizer = _load_tokenizer(path)

@@ -51,12 +51,25 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        self.qkv_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        """Serve q, k and v from one matmul (fewer, larger GEMMs); after loading only."""
+        self.qkv_proj = _fused([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv = self.num_kv_heads * self.head_dim
+        return self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: ForwardContext) -> Tensor:
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # (T, Hq, D)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        q, k, v = self._qkv(x)
+        q = q.reshape(t, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = k.reshape(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.reshape(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -72,9 +85,30 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        """Serve gate and up from one matmul; after loading only."""
+        self.gate_up_proj = _fused([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def _fused(linears: list[nn.Linear]) -> nn.Linear:
+    """One Linear whose output is the concatenation of `linears`' outputs."""
+    w = torch.cat([m.weight.data for m in linears])
+    bias = None if linears[0].bias is None else torch.cat([m.bias.data for m in linears])
+    with torch.device("meta"):
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -124,6 +158,14 @@ class CausalLM(nn.Module):
         self.lm_head: nn.Linear | None = None
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def fuse_projections(self) -> None:
+        """q/k/v and gate/up as single matmuls, layer by layer (one extra matrix at a time).
+
+        For serving only: parameter names change, so load weights before calling this."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def forward(self, input_ids: Tensor, positions: Tensor, ctx: ForwardContext) -> Tensor:
         """input_ids, positions: (T,) int64 flattened over the batch -> hidden (T, hidden_size)."""

@@ -169,3 +169,14 @@ def test_a_constraint_decides_the_tokens(model):
     events = list(engine.generate(seq, params))
     assert [e.token_id for e in events] == [7, 8, 9]
     assert events[-1].finish_reason == "stop"
+
+
+def test_fused_projections_give_the_same_tokens(model):
+    import copy
+
+    ref, _ = greedy(make_engine(model), PROMPT, n=16)
+    fused = copy.deepcopy(model)
+    fused.fuse_projections()
+    assert not any("q_proj" in n or "gate_proj" in n for n, _ in fused.named_parameters())
+    got, _ = greedy(make_engine(fused), PROMPT, n=16)
+    assert got == ref

@@ -64,11 +64,29 @@ def hf_model(model):
                       max_position_embeddings=c.max_position_embeddings,
                       tie_word_embeddings=c.tie_word_embeddings)
     hf = LlamaForCausalLM(cfg).to(model.dtype)
-    state = {k: v.contiguous() for k, v in model.engine.runner.model.state_dict().items()}
+    state = hf_state(model.engine.runner.model.state_dict(), c)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
     hf.tie_weights()
     return hf.eval()
+
+
+def hf_state(state: dict, c) -> dict:
+    """Our (fused) state dict under Hugging Face's names: qkv and gate_up split again."""
+    out = {}
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    for name, w in state.items():
+        w = w.contiguous()
+        if ".qkv_proj." in name:
+            for part, t in zip(("q", "k", "v"), w.split([q, kv, kv])):
+                out[name.replace("qkv_proj", f"{part}_proj")] = t
+        elif ".gate_up_proj." in name:
+            gate, up = w.chunk(2)
+            out[name.replace("gate_up_proj", "gate_proj")] = gate
+            out[name.replace("gate_up_proj", "up_proj")] = up
+        else:
+            out[name] = w
+    return out
 
 
 def hf_decode(hf, prompt: list[int], n: int) -> float:

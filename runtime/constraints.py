@@ -43,13 +43,15 @@ CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
 # Arguments are laid out as json.dumps writes them (and as the Hermes prompt shows): no free
-# whitespace, so a small model cannot wander into endless blank lines inside a call. `lenient`
-# ignores JSON-schema keywords llguidance does not implement instead of refusing the schema;
-# the tool's own validation still runs on the parsed call.
+# whitespace, so a small model cannot wander into endless blank lines inside a call; `\u00e9`
+# escapes stay allowed, as json.dumps writes them for non-ASCII text. `lenient` ignores
+# JSON-schema keywords llguidance does not implement instead of refusing the schema; the tool's
+# own validation still runs on the parsed call. Properties come in the schema's order.
 _JSON_OPTIONS = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",
+    "json_allow_general_unicode_escapes": True,
     "lenient": True,
 }
 

@@ -95,6 +95,16 @@ def test_optional_allows_free_text_and_constrains_a_started_call():
     assert c.finished()
 
 
+def test_arguments_follow_json_dumps_layout_and_escapes():
+    tok = byte_tokenizer()
+    schema = {"function": {"name": "g", "parameters": {"type": "object"}}}
+    c = tool_call_constraint(tok, [schema], required=True, end_ids=[END])
+    feed(tok, c, '<tool_call>\n{"name": "g", "arguments": {"s": "caf\\u00e9 é\\n", "n": 1')
+    assert " " not in allowed_text(tok, c, tok.vocab_size)  # no free whitespace
+    feed(tok, c, "}}\n</tool_call><|im_end|>")
+    assert c.finished()
+
+
 def test_free_text_ends_on_the_end_token():
     tok = byte_tokenizer()
     c = tool_call_constraint(tok, [SCHEMA_F], required=False, end_ids=[END])

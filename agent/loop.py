@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -44,6 +45,9 @@ class NullRecorder:
 class LoopConfig:
     max_steps: int = 12  # model calls per user message; hitting it ends the turn as turn_limit
     gen: GenParams = GenParams()
+    # "auto" | "required" | "none" | "first" (the first reply of a turn calls a tool, the next
+    # answers in words: for models not trained to use tools); None: the backend's default.
+    tool_choice: str | None = None
 
 
 @dataclass
@@ -70,7 +74,7 @@ class AgentLoop:
                  emit: Callable[[Event], None],
                  approve: Callable[[ApprovalRequested], ApprovalDecision],
                  recorder: Recorder | None = None, config: LoopConfig = LoopConfig(),
-                 context_window: int = 0):
+                 context_window: int = 0, default_tool_choice: str = "auto"):
         self.conv = conv
         self.tools = {t.name: t for t in tools}
         self.ctx = ctx
@@ -80,7 +84,10 @@ class AgentLoop:
         self.recorder = recorder or NullRecorder()
         self.config = config
         self.context_window = context_window
+        self.default_tool_choice = default_tool_choice
         self._call_ids = 0
+        self._last_calls: str | None = None
+        self._repeating = False
 
     @property
     def cancel(self) -> threading.Event:
@@ -90,6 +97,7 @@ class AgentLoop:
                  ) -> TurnFinished:
         """One user message, answered through as many model steps as it takes (or the limit)."""
         self.cancel.clear()
+        self._last_calls, self._repeating = None, False
         self.emit(TurnStarted(turn, user_text))
         tally = _TurnTally()
         if self.conv.carried:
@@ -97,11 +105,11 @@ class AgentLoop:
             self.conv.carried = None
         messages = (preamble or []) + [{"role": "user", "content": user_text}]
         status, text = "turn_limit", ""
-        for _ in range(self.config.max_steps):
+        for step in range(self.config.max_steps):
             if self.cancel.is_set():
                 status = "interrupted"
                 break
-            messages, text = self._step(turn, messages, tally)
+            messages, text = self._step(turn, messages, tally, self._tool_choice(step))
             if self.cancel.is_set():
                 status = "interrupted"
                 break
@@ -116,7 +124,15 @@ class AgentLoop:
         self.emit(finished)
         return finished
 
-    def _step(self, turn: int, messages: list[dict], tally: _TurnTally
+    def _tool_choice(self, step: int) -> str:
+        if step and self._repeating:
+            return "none"  # the same calls twice in a row: answer with what is known
+        choice = self.config.tool_choice or self.default_tool_choice
+        if choice == "first":
+            return "required" if step == 0 else "none"
+        return choice
+
+    def _step(self, turn: int, messages: list[dict], tally: _TurnTally, tool_choice: str
               ) -> tuple[list[dict], str]:
         """Append messages, generate a reply, run its tool calls; return the tool messages."""
         appended = self.conv.append(messages)
@@ -125,7 +141,8 @@ class AgentLoop:
             self.recorder.event(turn, "message", m)
         self.recorder.tokens(turn, messages[-1]["role"], appended.ids, appended.text)
         visible = _VisibleText()
-        for delta in self.conv.generate(self.config.gen, self.cancel):
+        gen = dataclasses.replace(self.config.gen, tool_choice=tool_choice)
+        for delta in self.conv.generate(gen, self.cancel):
             shown = visible.push(delta)
             if shown:
                 self.emit(TokenDelta(shown))
@@ -142,6 +159,8 @@ class AgentLoop:
             return [], reply.text
         parsed = parse_tool_calls(reply.text, first_id=self._call_ids + 1)
         self._call_ids += len(parsed.calls)
+        self._repeating = bool(parsed.calls) and _signature(parsed.calls) == self._last_calls
+        self._last_calls = _signature(parsed.calls)
         return [self._dispatch(turn, call) for call in parsed.calls], parsed.text
 
     def _dispatch(self, turn: int, call: ToolCall) -> dict[str, Any]:
@@ -216,6 +235,10 @@ class _VisibleText:
     def flush(self) -> str:
         out, self.buf = ("" if self.hidden else self.buf), ""
         return out
+
+
+def _signature(calls: list[ToolCall]) -> str:
+    return json.dumps([(c.name, c.arguments) for c in calls], sort_keys=True, default=str)
 
 
 def _jsonable(obj: Any) -> Any:

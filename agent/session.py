@@ -198,7 +198,7 @@ class AgentSession(AgentHandle):
         recorder = StoreRecorder(self.store, self.session_id) if self.store else NullRecorder()
         self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
                               self._approve, recorder, self.options.loop,
-                              self.backend.context_window)
+                              self.backend.context_window, self.backend.default_tool_choice)
         self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved")
         self.watcher.start(resumed=restore is not None)
         self._events.put(SessionStarted(self.session_id, self.backend.name,

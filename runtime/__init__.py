@@ -8,7 +8,7 @@ Files:
 - tokenizer.py: Tokenizer over `tokenizers`, from HF folders or GGUF metadata.
 - chat_template.py: ChatTemplate, jinja2 under transformers' conventions; render_delta.
 - detokenizer.py: StreamDecoder, streaming text that never splits a UTF-8 character.
-- constraints.py: tool-call constrained decoding with llguidance (a TokenConstraint).
+- constraints.py: llguidance tool-call constraints (Hermes calls held to their JSON schemas).
 - rope.py: rotary embeddings with default, linear, llama3 and YaRN scaling.
 - forward_context.py: per-forward state (backend, KV views, metadata) handed to the model.
 - local_model.py: LocalModel, a loaded model with its tokenizer, template and engine.

@@ -56,6 +56,8 @@ _JSON_OPTIONS = {
 }
 
 _TEXT = "TEXT: /(.|\\n)*/"  # any text (special tokens are never text)
+# Text without a call, nor the look of one (`<tool_call_2>` from a model imitating the form).
+_TEXT_NO_CALL = "TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call(.|\\n)*/"
 _GRAMMARS_PER_TOKENIZER = 8  # compiled tool sets kept per tokenizer (one per agent, usually)
 
 
@@ -124,6 +126,18 @@ def tool_call_constraint(
     """
     end_ids = sorted(set(end_ids))
     grammar = tool_call_grammar(tokenizer, schemas, required, end_ids)
+    compiled = _compiled_for(tokenizer)
+    return ToolCallConstraint(compiled.matcher(grammar), compiled.n_tokens, end_ids)
+
+
+def text_only_constraint(tokenizer: Tokenizer, end_ids: Iterable[int]) -> ToolCallConstraint:
+    """Free text that never opens a tool call (`<tool_call>` cannot be spelled), then an end
+    token: for replies that must answer in words."""
+    end_ids = sorted(set(end_ids))
+    if not end_ids:
+        raise ValueError("a text-only constraint needs at least one end-of-turn token id")
+    end = f"<[{','.join(map(str, end_ids))}]>"
+    grammar = f"start: TEXT {end}\n{_TEXT_NO_CALL}\n"
     compiled = _compiled_for(tokenizer)
     return ToolCallConstraint(compiled.matcher(grammar), compiled.n_tokens, end_ids)
 

@@ -17,6 +17,9 @@ class GenParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # "auto": free text or tool calls (calls held to their schemas where the backend can);
+    # "required": exactly one tool call; "none": text only.
+    tool_choice: str = "auto"
 
 
 @dataclass
@@ -92,6 +95,9 @@ class Conversation(ABC):
 class ModelBackend(ABC):
     """A model the agent can talk to (the local runtime, an OpenAI-compatible server, a script)."""
 
+    # The loop's policy when none is set: "auto", or "first" (the first reply of each turn calls
+    # a tool, the next answers in words) for models not trained to call tools on their own.
+    default_tool_choice: str = "auto"
     name: str
     context_window: int
     fingerprint: str  # identifies weights + settings; sessions remember it

@@ -24,6 +24,7 @@ class LocalBackend(ModelBackend):
         self.name = model.name
         self.context_window = model.context_window
         self.fingerprint = model.fingerprint
+        self.default_tool_choice = "auto" if self.template_supports_tools() else "first"
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.encode(text))
@@ -39,7 +40,8 @@ class LocalBackend(ModelBackend):
         self.model.close()
 
     def conversation(self, tools, restore=None) -> LocalConversation:
-        conv = LocalConversation(self.model, tools if self.template_supports_tools() else None)
+        in_template = tools if self.template_supports_tools() else None
+        conv = LocalConversation(self.model, in_template, schemas=tools)
         if restore:
             conv.carried = conv.restore(restore)
         return conv
@@ -48,11 +50,13 @@ class LocalBackend(ModelBackend):
 class LocalConversation(Conversation):
     """Messages, the exact text the token log spells, and the engine sequence holding its KV."""
 
-    def __init__(self, model: LocalModel, tools: list[dict[str, Any]] | None):
+    def __init__(self, model: LocalModel, tools: list[dict[str, Any]] | None,
+                 schemas: list[dict[str, Any]] | None = None):
         if model.template is None:
             raise ValueError(f"model {model.name} has no chat template; it cannot run the agent")
         self.model = model
-        self.tools = tools
+        self.tools = tools  # given to the template (None: they are in the system prompt)
+        self.schemas = schemas or []  # what tool calls are held to while decoding
         self.messages: list[dict[str, Any]] = []
         self.text = ""  # exactly the text of the token log, as rendered and generated
         self.seq = model.engine.new_sequence()
@@ -78,7 +82,8 @@ class LocalConversation(Conversation):
 
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
         sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p,
-                                  seed=params.seed, max_tokens=params.max_tokens)
+                                  seed=params.seed, max_tokens=params.max_tokens,
+                                  constraint=self._constraint(params.tool_choice))
         start, ids, finish = time.perf_counter(), [], "stop"
         stream = self.model.engine.generate(self.seq, sampling)
         for event in stream:
@@ -91,6 +96,25 @@ class LocalConversation(Conversation):
                 finish = "interrupted"
                 break
         self._finish(ids, finish, time.perf_counter() - start)
+
+    def _constraint(self, tool_choice: str):
+        """Tool calls held to their schemas; "required" allows nothing but one call."""
+        from runtime.constraints import text_only_constraint, tool_call_constraint
+
+        end_ids = sorted(self.model.engine.stop_ids)
+        if tool_choice == "none":
+            return text_only_constraint(self.model.tokenizer, end_ids)
+        if not self.schemas:
+            return None
+
+        schemas = self.schemas
+        if tool_choice == "required" and self.tools is None:
+            # A model not trained on tools goes astray in optional arguments (read with
+            # limit=1): a call it is made to write uses the required ones only.
+            schemas = [_required_only(s) for s in schemas]
+        return tool_call_constraint(self.model.tokenizer, schemas,
+                                    required=tool_choice == "required",
+                                    end_ids=end_ids)
 
     def _finish(self, ids: list[int], finish: str, seconds: float) -> None:
         tok = self.model.tokenizer
@@ -121,3 +145,12 @@ class LocalConversation(Conversation):
         result = self.model.engine.extend(self.seq, list(state["tokens"]))
         return AppendResult(len(state["tokens"]), result.cached_tokens, result.cached_by_tier,
                             result.computed_tokens, result.seconds)
+
+
+def _required_only(schema: dict[str, Any]) -> dict[str, Any]:
+    """A function schema narrowed to its required parameters."""
+    fn = schema["function"]
+    params = fn.get("parameters", {})
+    keep = set(params.get("required", []))
+    props = {k: v for k, v in params.get("properties", {}).items() if k in keep}
+    return {**schema, "function": {**fn, "parameters": {**params, "properties": props}}}

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
     p.add_argument("--deny", action="append", default=[], metavar="RULE",
                    help="deny rule, e.g. 'shell(rm *)' (repeatable)")
+    p.add_argument("--tool-choice", choices=["auto", "required", "first", "none"], default=None,
+                   help="auto: the model decides; first: its first reply each turn calls a tool "
+                   "and the next answers (the default for models whose template has no tools)")
     p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
     p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")
     p.add_argument("--continue", dest="cont", action="store_true",
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
                              deny=args.deny, title=task[:80],
                              loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens)))
+                                             gen=GenParams(max_tokens=args.max_tokens),
+                                             tool_choice=args.tool_choice))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)
     from agent.events import Shutdown, UserInput
 

@@ -104,3 +104,14 @@ def test_errors_are_one_line_with_the_fix(env, repo, tmp_path):
     assert bad_repo.returncode == 2 and "not a directory" in bad_repo.stderr
     no_session = agent(env, "run", "--repo", str(repo), "--resume", "zzz", "hi")
     assert no_session.returncode == 1 and no_session.stderr.startswith("error:")
+
+
+def test_default_model_completes_a_task_with_a_real_tool(env, repo):
+    done = agent(env, "run", "--repo", str(repo), "--output-format", "stream-json",
+                 "--max-tokens", "96", "Read calc.py and tell me what add(2, 3) returns.")
+    assert done.returncode == 0, done.stderr
+    lines = validate_stream(done.stdout)
+    finished = [e for e in lines if e["type"] == "tool_finished"]
+    assert finished and finished[0]["name"] == "read" and finished[0]["ok"]
+    assert "def add" in finished[0]["content"]
+    assert lines[-1]["status"] == "done" and lines[-1]["text"].strip()

@@ -208,3 +208,29 @@ def test_outside_changes_are_appended_as_a_note(git_repo, tmp_path):
     assert note and "-    return x + 1" in note[0] and "+    return x + 2" in note[0]
     first = [c for c in seen[0] if "def helper" in c and c.startswith("You are")]
     assert first and "return x + 1" in first[0]  # the snapshot in the system message is unchanged
+
+
+def test_a_repeated_call_is_answered_with_text_next(git_repo):
+    seen = []
+
+    backend = ScriptedBackend([call("glob", pattern="*.md"), call("glob", pattern="*.md"),
+                               "README.md is there", "unused"])
+    original = backend.conversation
+
+    def conversation(tools, restore=None):
+        conv = original(tools, restore)
+        generate = conv.generate
+
+        def spy(params, cancel):
+            seen.append(params.tool_choice)
+            return generate(params, cancel)
+
+        conv.generate = spy
+        return conv
+
+    backend.conversation = conversation
+    session = AgentSession(backend, git_repo, options=SessionOptions(permission_mode="auto"))
+    session.submit(UserInput("find docs"))
+    session.submit(Shutdown())
+    assert session.wait_closed(10)
+    assert seen == ["auto", "auto", "none"]

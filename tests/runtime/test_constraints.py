@@ -232,3 +232,16 @@ def test_optional_free_text_passes_through_unchanged(agent_prompt):
     assert "<tool_call>" not in free_text  # this model answers in prose when left alone
     ids, text, _ = generate(agent_prompt, constraint, max_tokens=24)
     assert ids == free_ids and text == free_text
+
+
+def test_text_only_never_spells_a_call(smollm2_gguf):
+    from runtime.constraints import text_only_constraint
+    from runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(smollm2_gguf)
+    c = text_only_constraint(tok, [2])
+    for i in tok.encode("see <tool_"):  # "see", " <", "tool", "_"
+        assert c.allowed(tok.vocab_size)[i]
+        c.advance(i)
+    assert not c.allowed(tok.vocab_size)[tok.token_to_id("call")]
+    assert c.allowed(tok.vocab_size)[2]

@@ -92,6 +92,23 @@ class Conversation(ABC):
         """Tokens resident in the context now (0 if unknown)."""
 
 
+class MessageConversation(Conversation):
+    """A conversation that is only its message list (a remote server keeps the KV, or none).
+
+    Subclasses implement `append`/`generate`; marks, truncation and state are the list's."""
+
+    messages: list[dict[str, Any]]
+
+    def mark(self) -> dict[str, Any]:
+        return {"messages": len(self.messages)}
+
+    def truncate(self, mark: dict[str, Any]) -> None:
+        del self.messages[mark["messages"]:]
+
+    def state(self) -> dict[str, Any]:
+        return {"messages": self.messages}
+
+
 class ModelBackend(ABC):
     """A model the agent can talk to (the local runtime, an OpenAI-compatible server, a script)."""
 

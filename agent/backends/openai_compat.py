@@ -14,7 +14,13 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from agent.backends.base import AppendResult, Conversation, GenParams, ModelBackend, Reply
+from agent.backends.base import (
+    AppendResult,
+    GenParams,
+    MessageConversation,
+    ModelBackend,
+    Reply,
+)
 
 
 class EndpointError(Exception):
@@ -80,7 +86,7 @@ def _sse_chunks(resp) -> Iterator[dict]:
         yield json.loads(data)
 
 
-class OpenAIConversation(Conversation):
+class OpenAIConversation(MessageConversation):
     def __init__(self, backend: OpenAIBackend):
         self.backend = backend
         self.messages: list[dict[str, Any]] = []
@@ -114,12 +120,3 @@ class OpenAIConversation(Conversation):
         self.messages.append({"role": "assistant", "content": text})
         self.last_reply = Reply(text, [], "length" if finish == "length" else finish,
                                 time.perf_counter() - start, usage)
-
-    def mark(self) -> dict[str, Any]:
-        return {"messages": len(self.messages)}
-
-    def truncate(self, mark: dict[str, Any]) -> None:
-        del self.messages[mark["messages"]:]
-
-    def state(self) -> dict[str, Any]:
-        return {"messages": self.messages}

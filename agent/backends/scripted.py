@@ -7,7 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agent.backends.base import AppendResult, Conversation, GenParams, ModelBackend, Reply
+from agent.backends.base import (
+    AppendResult,
+    GenParams,
+    MessageConversation,
+    ModelBackend,
+    Reply,
+)
 
 # A script step is the reply text, or a function of the messages so far returning it.
 Step = str | Callable[[list[dict[str, Any]]], str]
@@ -44,7 +50,7 @@ class ScriptedBackend(ModelBackend):
         return step(messages) if callable(step) else step
 
 
-class ScriptedConversation(Conversation):
+class ScriptedConversation(MessageConversation):
     def __init__(self, backend: ScriptedBackend):
         self.backend = backend
         self.messages: list[dict[str, Any]] = []
@@ -72,12 +78,3 @@ class ScriptedConversation(Conversation):
             yield text[i : i + 8]
         self.messages.append({"role": "assistant", "content": sent})
         self.last_reply = Reply(sent, [], finish)
-
-    def mark(self) -> dict[str, Any]:
-        return {"messages": len(self.messages)}
-
-    def truncate(self, mark: dict[str, Any]) -> None:
-        del self.messages[mark["messages"]:]
-
-    def state(self) -> dict[str, Any]:
-        return {"messages": self.messages}

@@ -5,6 +5,7 @@ Files:
 - sequence.py: Sequence and its device BlockTable that grows without per-step rebuilds.
 - scheduler.py: Scheduler (token budget, decode first, chunked prefill) and Request.
 - model_runner.py: ModelRunner, batch tensors and the forward; CPU weight layout.
+- cuda_graphs.py: DecodeGraphs, decode steps replayed from CUDA graphs per batch bucket.
 - kv_pages.py: the KVPages protocol the engine needs, and PrivatePages (no reuse).
 - sampling.py: SamplingParams, validated.
 - sampler.py: Sampler (greedy, temperature, top-k, top-p, seeds, constraints).

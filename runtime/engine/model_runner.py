@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from runtime.engine.cuda_graphs import DEFAULT_BUCKETS, DecodeGraphs, graph_safe
 from runtime.engine.sequence import Sequence
 from runtime.forward_context import ForwardContext
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
@@ -24,32 +25,70 @@ class Work:
 
 
 class ModelRunner:
-    """Owns the model, the KV views and the attention backend; knows nothing of scheduling."""
+    """Owns the model, the KV views and the attention backend; knows nothing of scheduling.
+
+    On CUDA with a graph-safe backend, decode steps (every item one new token, the batch within
+    the largest bucket) replay CUDA graphs (`graphs`, see cuda_graphs.py); everything else runs
+    eagerly. `cuda_graphs=False` (or `graphs = None`) forces eager; `max_context` bounds the
+    positions the graphs serve (default: the model config's max_position_embeddings).
+    """
 
     def __init__(self, model: nn.Module, kv_views, backend: AttentionBackend, page_size: int,
-                 device: torch.device):
+                 device: torch.device, *, cuda_graphs: bool | None = None,
+                 max_context: int | None = None,
+                 graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS):
         self.model = model
         self.kv_views = kv_views
         self.backend = backend
         self.page_size = page_size
-        self.device = device
+        self.device = torch.device(device)
+        if max_context is None:
+            max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and graph_safe(backend)
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graphs and max_context:
+            self.graphs = DecodeGraphs(model, kv_views, backend, page_size, self.device,
+                                       max_context=max_context, buckets=graph_buckets)
 
     @torch.inference_mode()
     def run(self, work: list[Work]) -> torch.Tensor | None:
         """Forward all work items as one flattened batch; logits `(n_wanted, vocab)` float32."""
+        if self.graphs is not None and self.graphs.accepts(work):
+            return self._wanted(self.graphs.run(work), work)
         ids, positions, meta = self._prepare(work)
         hidden = self.model(ids, positions, ForwardContext(self.backend, self.kv_views, meta))
         ends = itertools.accumulate(meta.query_lens_cpu)
         rows = [end - 1 for end, w in zip(ends, work) if w.want_logits]
         if not rows:
             return None
-        return self.model.compute_logits(hidden[rows]).float()
+        return self.model.compute_logits(hidden.index_select(0, self._to_device(rows))).float()
+
+    def _wanted(self, logits: torch.Tensor, work: list[Work]) -> torch.Tensor | None:
+        """Copies of the wanted rows of a graph's output (which the next replay overwrites)."""
+        rows = [i for i, w in enumerate(work) if w.want_logits]
+        if not rows:
+            return None
+        if len(rows) == len(work):
+            return logits.clone()
+        return logits.index_select(0, self._to_device(rows))
+
+    def _to_device(self, values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """A host list on the device without making the host wait for the GPU.
+
+        A copy from pageable memory synchronises the stream, so every chunk's prepare would
+        wait for the previous chunk's forward to finish; pinned memory copies asynchronously.
+        """
+        t = torch.tensor(values, dtype=dtype)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def _prepare(self, work: list[Work]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         tokens: list[int] = []
         for w in work:
             tokens += w.seq.tokens[w.start : w.end]
-        ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
+        ids = self._to_device(tokens)
         positions = torch.cat([torch.arange(w.start, w.end, device=self.device) for w in work])
         slots = torch.cat([self._slots(w, positions_of) for w, positions_of in
                            zip(work, torch.split(positions, [w.end - w.start for w in work]))])
@@ -61,8 +100,8 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=slots,
             block_tables=self._block_tables(work),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            query_start_loc=self._to_device(starts, torch.int32),
             page_size=self.page_size,
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),

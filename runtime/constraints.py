@@ -56,8 +56,9 @@ _JSON_OPTIONS = {
 }
 
 _TEXT = "TEXT: /(.|\\n)*/"  # any text (special tokens are never text)
-# Text without a call, nor the look of one (`<tool_call_2>` from a model imitating the form).
-_TEXT_NO_CALL = "TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call(.|\\n)*/"
+# Text without a call, nor the look of one (`<tool_call_2>`, `<tool_code>`: a small model
+# imitating the form).
+_TEXT_NO_CALL = "TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool(.|\\n)*/"
 _GRAMMARS_PER_TOKENIZER = 8  # compiled tool sets kept per tokenizer (one per agent, usually)
 
 

@@ -18,7 +18,7 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Rope scaling as in HF `rope_scaling` / `rope_parameters`: type is default|linear|llama3|yarn."""
+    """Rope scaling as in HF `rope_scaling` / `rope_parameters` (default|linear|llama3|yarn)."""
 
     type: str = "default"
     factor: float = 1.0

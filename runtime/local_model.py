@@ -17,9 +17,9 @@ from memory.kv_layout import KVLayout
 from runtime import settings
 from runtime.chat_template import ChatTemplate
 from runtime.config import ModelConfig
+from runtime.engine.cpu_layout import use_onednn
 from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.kv_pages import KVPages, PrivatePages
-from runtime.engine.model_runner import prefer_transposed_linears
 from runtime.kernels.backend import create_backend, default_backend_name
 from runtime.loader import load_model
 from runtime.model_cache import resolve_model
@@ -94,7 +94,7 @@ class LocalModel:
         loaded = load_model(path, dtype=dtype, device=device)
         loaded.model.fuse_projections()
         if device.type == "cpu":
-            prefer_transposed_linears(loaded.model)
+            use_onednn(loaded.model)
         tokenizer = _load_tokenizer(path)
         cfg = loaded.config
         layout = kv_layout_for(cfg, dtype, options.page_size or default_page_size(device))

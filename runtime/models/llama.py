@@ -26,8 +26,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        # One fused kernel for x * rsqrt(mean(x^2) + eps), in fp32 like transformers.
+        x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * x.to(dtype)
 
 
@@ -158,6 +158,8 @@ class CausalLM(nn.Module):
         self.lm_head: nn.Linear | None = None
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # A tied head laid out for the matmul (runtime/engine/cpu_layout.py), when one is made.
+        self.packed_head: nn.Module | None = None
 
     def fuse_projections(self) -> None:
         """q/k/v and gate/up as single matmuls, layer by layer (one extra matrix at a time).
@@ -173,5 +175,8 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """(N, hidden) -> (N, vocab) float32, computed in the weights' dtype like transformers."""
-        head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
-        return F.linear(hidden, head.weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        if self.packed_head is not None:
+            return self.packed_head(hidden).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()

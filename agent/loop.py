@@ -59,6 +59,13 @@ class _TurnTally:
     by_tier: dict[str, int] = field(default_factory=dict)
     decode_tok_s: float = 0.0
 
+    def add_server_usage(self, usage: dict[str, Any]) -> None:
+        """A remote server's own count of the prompt it served from its prefix cache."""
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached:
+            self.cached += cached
+            self.by_tier["server"] = self.by_tier.get("server", 0) + cached
+
     def add_append(self, r: AppendResult) -> None:
         self.prompt += r.new_tokens
         self.cached += r.cached_tokens
@@ -152,6 +159,7 @@ class AgentLoop:
         reply = self.conv.last_reply
         assert reply is not None, "generate must leave last_reply"
         tally.completion += len(reply.ids) or max(1, len(reply.text) // 4)
+        tally.add_server_usage(reply.usage)
         tally.decode_tok_s = reply.decode_tok_s or tally.decode_tok_s
         self.recorder.event(turn, "message", {"role": "assistant", "content": reply.text})
         self.recorder.tokens(turn, "assistant", reply.ids, reply.text)

@@ -73,3 +73,20 @@ def test_unreachable_server_is_one_clear_error():
 def test_bad_specs(spec):
     with pytest.raises(ValueError, match="openai:http://HOST:PORT/v1#MODEL"):
         parse_spec(spec)
+
+
+def test_a_turn_reports_the_servers_cached_tokens(server, tmp_path):
+    import subprocess
+
+    from agent.events import Shutdown, TurnFinished, UserInput
+    from agent.session import AgentSession, SessionOptions
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    session = AgentSession(OpenAIBackend(server), tmp_path,
+                           options=SessionOptions(permission_mode="auto"))
+    session.submit(UserInput("2+3?"))
+    session.submit(Shutdown())
+    assert session.wait_closed(10)
+    events = iter(lambda: session.next_event(0), None)
+    turn = [e for e in events if isinstance(e, TurnFinished)][-1]
+    assert turn.text == "The answer is 5." and turn.usage.cached_by_tier == {"server": 32}

@@ -30,6 +30,7 @@ from agent.events import (
 )
 from agent.external_changes import ExternalChanges
 from agent.handle import AgentHandle
+from agent.history import replay
 from agent.loop import AgentLoop, LoopConfig, NullRecorder, Recorder
 from agent.permissions import Permissions
 from agent.repo_snapshot import take_snapshot
@@ -50,6 +51,7 @@ class SessionOptions:
     loop: LoopConfig = LoopConfig()
     snapshot_fraction: float = 0.5  # of the context window, for the repository snapshot
     title: str | None = None
+    replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
 
 
 @dataclass
@@ -204,6 +206,9 @@ class AgentSession(AgentHandle):
         self._events.put(SessionStarted(self.session_id, self.backend.name,
                                         str(self.workspace.root), restore is not None,
                                         self.backend.context_window))
+        if restore is not None and self.options.replay_history:
+            for event in replay(self.store.events(self.session_id)):
+                self._events.put(event)
 
     def _start_new(self, conv, schemas) -> None:
         if self.store:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store()
     resume = resolve_resume(store, args, repo)
     backend = open_backend(args.model, dtype=args.dtype, device=args.device, progress=True)
-    options = SessionOptions(permission_mode=args.permission_mode,
+    options = SessionOptions(permission_mode=args.permission_mode, replay_history=True,
                              loop=LoopConfig(max_steps=args.max_turns,
                                              gen=GenParams(max_tokens=args.max_tokens)))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)

@@ -20,6 +20,7 @@ from agent.events import (
     ToolCallFinished,
     ToolCallStarted,
     TurnFinished,
+    TurnStarted,
     UserInput,
 )
 from agent.loop import LoopConfig
@@ -234,3 +235,20 @@ def test_a_repeated_call_is_answered_with_text_next(git_repo):
     session.submit(Shutdown())
     assert session.wait_closed(10)
     assert seen == ["auto", "auto", "none"]
+
+
+def test_resume_can_replay_earlier_turns_as_events(git_repo, tmp_path):
+    store = SessionStore(tmp_path / "data")
+    script = [call("read", path="src/util.py"), "helper adds one."]
+    first, _ = run_session(git_repo, script, store, [UserInput("what does helper do?"), Shutdown()])
+    backend = ScriptedBackend([])
+    session = AgentSession(backend, git_repo, store, resume_id=first.session_id,
+                           options=SessionOptions(permission_mode="auto", replay_history=True))
+    session.submit(Shutdown())
+    assert session.wait_closed(10)
+    events = list(iter(lambda: session.next_event(0), None))
+    assert [type(e).__name__ for e in events if not isinstance(e, SessionStarted)
+            and type(e).__name__ != "Progress"] == [
+        "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta", "TurnFinished"]
+    assert of(events, TurnStarted)[0].prompt == "what does helper do?"
+    assert of(events, TurnFinished)[0].text == "helper adds one."

@@ -195,6 +195,9 @@ class AgentSession(AgentHandle):
         schemas = [t.schema() for t in self.tools]
         restore = self._restore_state() if self.resume_id else None
         conv = self.backend.conversation(schemas, restore=restore)
+        if restore is not None:
+            n = len(restore["tokens"])
+            self._events.put(Progress("restore", n, n, "tokens"))
         if restore is None:
             self._start_new(conv, schemas)
         recorder = StoreRecorder(self.store, self.session_id) if self.store else NullRecorder()

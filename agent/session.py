@@ -21,6 +21,7 @@ from agent.events import (
     Error,
     Event,
     Interrupt,
+    KVStats,
     Note,
     Op,
     Progress,
@@ -151,6 +152,7 @@ class AgentSession(AgentHandle):
             finally:
                 self.watcher.turn_finished()
                 self.backend.flush()
+                self._report_kv()
         if isinstance(op, _Rewind):
             self._rewind(op)
         return True  # a stray approval or interrupt between turns
@@ -243,6 +245,12 @@ class AgentSession(AgentHandle):
         tokens = self.store.token_log(self.session_id)
         self._events.put(Progress("restore", 0, len(tokens), "tokens"))
         return {"messages": messages, "text": text, "tokens": tokens}
+
+    def _report_kv(self) -> None:
+        pages = self.backend.kv_pages()
+        if pages:
+            self._events.put(KVStats(pages["device"], pages["host"], pages["disk"],
+                                     pages["page_size"]))
 
     def _outside_changes(self) -> list[dict]:
         note = self.watcher.note()

@@ -136,6 +136,10 @@ class ModelBackend(ABC):
         """Make the work so far durable (the KV pages of the turn); called at each turn end."""
         return None
 
+    def kv_pages(self) -> dict[str, int] | None:
+        """Pages held per tier now ({"device", "host", "disk", "page_size"}), if there are any."""
+        return None
+
     def close(self) -> None:
         """Release the model; the backend is not used afterwards."""
         return None

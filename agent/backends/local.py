@@ -39,6 +39,17 @@ class LocalBackend(ModelBackend):
     def close(self) -> None:
         self.model.close()
 
+    def kv_pages(self) -> dict[str, int] | None:
+        stats = getattr(self.model.engine.kv, "stats", None)
+        if stats is None:
+            pool = self.model.engine.kv.pool
+            return {"device": pool.num_pages - pool.num_free, "host": 0, "disk": 0,
+                    "page_size": pool.layout.page_size}
+        s = stats()
+        return {"device": s["device"]["pages"] - s["device"]["free"],
+                "host": s["host"]["cached"], "disk": s.get("disk", {}).get("own_files", 0),
+                "page_size": self.model.engine.page_size}
+
     def conversation(self, tools, restore=None) -> LocalConversation:
         in_template = tools if self.template_supports_tools() else None
         conv = LocalConversation(self.model, in_template, schemas=tools)

@@ -61,6 +61,8 @@ def test_stream_json_validates_and_resume_reuses_the_whole_context(env, repo):
     lines = validate_stream(first.stdout)
     session = lines[-1]["session_id"]
     context = [e for e in lines if e["type"] == "turn_finished"][-1]["usage"]["context_tokens"]
+    kv = [e for e in lines if e["type"] == "kv_stats"][-1]
+    assert kv["device_pages"] * kv["page_size"] >= context - kv["page_size"]
     second = agent(env, "run", "--repo", str(repo), "--continue", "--output-format", "json",
                    "--max-tokens", "16", "--max-turns", "1", "And in test_calc.py?")
     assert second.returncode in (0, 3), second.stderr
@@ -115,3 +117,11 @@ def test_default_model_completes_a_task_with_a_real_tool(env, repo):
     assert finished and finished[0]["name"] == "read" and finished[0]["ok"]
     assert "def add" in finished[0]["content"]
     assert lines[-1]["status"] == "done" and lines[-1]["text"].strip()
+
+
+def test_default_model_writes_a_python_function(env):
+    done = agent(env, "generate", "--json", "--max-tokens", "120", "--prompt",
+                 "Write a Python function that returns the square of a number.")
+    assert done.returncode == 0, done.stderr
+    text = json.loads(done.stdout)["text"]
+    assert "def " in text and "return" in text

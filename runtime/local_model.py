@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,7 +47,7 @@ class RuntimeOptions:
     progress: bool = False
     prefix_cache: bool = True  # reuse KV across sequences, sessions and processes (disk tier)
     host_pages: int | None = None  # default: a quarter of the device pages on CPU, all on GPU
-    disk_max_bytes: int | None = None
+    disk_max_bytes: int | None = None  # default: default_disk_budget(); LRU gc beyond it
 
 
 @dataclass
@@ -131,8 +132,18 @@ def _kv_pages(cfg: ModelConfig, layout: KVLayout, fingerprint: bytes, device: to
     if not options.prefix_cache:
         return PrivatePages(DevicePagePool(layout, pages, device))
     host = options.host_pages or (pages if device.type == "cuda" else max(pages // 4, 1))
-    return TieredKVCache(layout, pages, host, fingerprint, disk_dir=settings.cache_dir(),
-                         disk_max_bytes=options.disk_max_bytes, device=device)
+    cache = settings.cache_dir()
+    return TieredKVCache(layout, pages, host, fingerprint, disk_dir=cache,
+                         disk_max_bytes=options.disk_max_bytes or default_disk_budget(cache),
+                         device=device)
+
+
+def default_disk_budget(cache: Path) -> int:
+    """At most 50 GiB of KV pages, and never more than half the disk's free space."""
+    probe = cache
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return min(50 << 30, shutil.disk_usage(probe).free // 2)
 
 
 def _rope_string(cfg: ModelConfig) -> str:

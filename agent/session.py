@@ -55,6 +55,10 @@ class SessionOptions:
     replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
 
 
+class SessionMismatch(Exception):
+    """A saved session's token log belongs to another model: it cannot be resumed on this one."""
+
+
 @dataclass
 class _Rewind:
     """An internal op: rewind to the start of `turn`, then signal `done`."""
@@ -237,6 +241,9 @@ class AgentSession(AgentHandle):
 
     def _restore_state(self) -> dict[str, Any]:
         info = self.store.get(self.resume_id)
+        if info.model_fingerprint != self.backend.fingerprint:
+            raise SessionMismatch(f"session {info.id} was made with model {info.model} (other "
+                                  f"weights or settings); resume it with --model {info.model}")
         self.session_id = info.id
         self.turn = self._drop_unfinished_turn(info.turn_count)
         segments = self.store.segments(self.session_id)

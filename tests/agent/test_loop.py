@@ -252,3 +252,14 @@ def test_resume_can_replay_earlier_turns_as_events(git_repo, tmp_path):
         "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta", "TurnFinished"]
     assert of(events, TurnStarted)[0].prompt == "what does helper do?"
     assert of(events, TurnFinished)[0].text == "helper adds one."
+
+
+def test_resume_on_another_model_is_refused(git_repo, tmp_path):
+    store = SessionStore(tmp_path / "data")
+    first, _ = run_session(git_repo, ["ok"], store, [UserInput("hi"), Shutdown()])
+    other = ScriptedBackend([])
+    other.fingerprint = "another-model"
+    session = AgentSession(other, git_repo, store, resume_id=first.session_id)
+    assert session.wait_closed(10)
+    errors = [e for e in iter(lambda: session.next_event(0), None) if type(e).__name__ == "Error"]
+    assert errors and "resume it with --model scripted" in errors[0].message

@@ -56,9 +56,9 @@ _JSON_OPTIONS = {
 }
 
 _TEXT = "TEXT: /(.|\\n)*/"  # any text (special tokens are never text)
-# Text without a call, nor the look of one (`<tool_call_2>`, `<tool_code>`: a small model
-# imitating the form).
-_TEXT_NO_CALL = "TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool(.|\\n)*/"
+# Words, not markup: no call nor the look of one (`<tool_call_2>`, `<tool_code>`), and no
+# opening tag (`<file path=...>`: a small model echoing the repository snapshot's form).
+_TEXT_NO_CALL = "TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool(.|\\n)*/ & ~/[ \\t\\n]*<(.|\\n)*/"
 _GRAMMARS_PER_TOKENIZER = 8  # compiled tool sets kept per tokenizer (one per agent, usually)
 
 
@@ -132,8 +132,8 @@ def tool_call_constraint(
 
 
 def text_only_constraint(tokenizer: Tokenizer, end_ids: Iterable[int]) -> ToolCallConstraint:
-    """Free text that never opens a tool call (`<tool_call>` cannot be spelled), then an end
-    token: for replies that must answer in words."""
+    """Free text that never opens a tool call (nor spells `<tool`) and does not start with a
+    tag, then an end token: for replies that must answer in words."""
     end_ids = sorted(set(end_ids))
     if not end_ids:
         raise ValueError("a text-only constraint needs at least one end-of-turn token id")

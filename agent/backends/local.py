@@ -78,8 +78,7 @@ class LocalConversation(Conversation):
         return len(self.seq.tokens)
 
     def append(self, messages, generation_prompt=True) -> AppendResult:
-        full = self.model.template.render(self._rendered(self.messages + messages),
-                                          tools=self.tools,
+        full = self.model.template.render(self.messages + messages, tools=self.tools,
                                           add_generation_prompt=generation_prompt)
         if not full.startswith(self.text):
             raise TemplateDrift("the chat template changed earlier turns when re-rendered; "
@@ -91,14 +90,6 @@ class LocalConversation(Conversation):
         self.text = full
         return AppendResult(len(ids), result.cached_tokens, result.cached_by_tier,
                             result.computed_tokens, result.seconds, ids, delta)
-
-    def _rendered(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Messages as the template should see them. A template without tool support gets tool
-        results as user turns in the Hermes form, a role it was trained on."""
-        if self.tools is not None:
-            return messages
-        return [{"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
-                if m["role"] == "tool" else m for m in messages]
 
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
         sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p,

@@ -245,3 +245,5 @@ def test_text_only_never_spells_a_call(smollm2_gguf):
         c.advance(i)
     assert not c.allowed(tok.vocab_size)[tok.token_to_id("tool")]
     assert c.allowed(tok.vocab_size)[2]
+    fresh = text_only_constraint(tok, [2])
+    assert not fresh.allowed(tok.vocab_size)[tok.token_to_id("<")]  # no markup first

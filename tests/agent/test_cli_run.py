@@ -116,7 +116,7 @@ def test_default_model_completes_a_task_with_a_real_tool(env, repo):
     finished = [e for e in lines if e["type"] == "tool_finished"]
     assert finished and finished[0]["name"] == "read" and finished[0]["ok"]
     assert "def add" in finished[0]["content"]
-    assert lines[-1]["status"] == "done" and lines[-1]["text"].strip()
+    assert lines[-1]["status"] == "done" and "add" in lines[-1]["text"]  # it answers in words
 
 
 def test_default_model_writes_a_python_function(env):

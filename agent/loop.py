@@ -14,6 +14,7 @@ from agent.events import (
     ApprovalDecision,
     ApprovalRequested,
     Event,
+    Progress,
     TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -23,6 +24,8 @@ from agent.events import (
 )
 from agent.tool_calls import ToolCall, parse_tool_calls
 from agent.tools.base import Tool, ToolContext, ToolResult, run_tool
+
+PROGRESS_MIN_TOKENS = 2048
 
 
 class Recorder(Protocol):
@@ -131,6 +134,10 @@ class AgentLoop:
         self.emit(finished)
         return finished
 
+    def _prefill_progress(self, done: int, total: int) -> None:
+        if total >= PROGRESS_MIN_TOKENS:  # short appends would only flicker
+            self.emit(Progress("prefill", done, total))
+
     def _tool_choice(self, step: int) -> str:
         if step and self._repeating:
             return "none"  # the same calls twice in a row: answer with what is known
@@ -142,7 +149,7 @@ class AgentLoop:
     def _step(self, turn: int, messages: list[dict], tally: _TurnTally, tool_choice: str
               ) -> tuple[list[dict], str]:
         """Append messages, generate a reply, run its tool calls; return the tool messages."""
-        appended = self.conv.append(messages)
+        appended = self.conv.append(messages, progress=self._prefill_progress)
         tally.add_append(appended)
         for m in messages:
             self.recorder.event(turn, "message", m)

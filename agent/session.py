@@ -225,15 +225,15 @@ class AgentSession(AgentHandle):
                                              self.backend.fingerprint, self.options.title)
             self.session_id = info.id
         budget = int(self.backend.context_window * self.options.snapshot_fraction)
-        self._events.put(Progress("ingest", 0, 0, "files"))
         snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget)
         for entry in snapshot.included:  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())
         system = system_message(schemas, snapshot, self.backend.template_supports_tools())
-        appended = conv.append([system], generation_prompt=False)
+        appended = conv.append([system], generation_prompt=False,
+                               progress=lambda d, t: self._events.put(Progress("ingest", d, t)))
         conv.carried = appended
-        self._events.put(Progress("ingest", snapshot.tokens, snapshot.tokens, "tokens"))
+        self._events.put(Progress("ingest", appended.new_tokens, appended.new_tokens))
         if self.store:
             self.store.append_event(self.session_id, 0, "message", system)
             self.store.append_event(self.session_id, 0, "note", {"text": snapshot.report()})

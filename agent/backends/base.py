@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +66,10 @@ class Conversation(ABC):
     carried: AppendResult | None = None
 
     @abstractmethod
-    def append(self, messages: list[dict[str, Any]], generation_prompt: bool = True
-               ) -> AppendResult:
-        """Add messages to the context (and open an assistant turn)."""
+    def append(self, messages: list[dict[str, Any]], generation_prompt: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> AppendResult:
+        """Add messages to the context (and open an assistant turn); `progress(done, total)`
+        follows a long prefill where the backend computes one."""
 
     @abstractmethod
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:

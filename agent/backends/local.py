@@ -77,7 +77,7 @@ class LocalConversation(Conversation):
     def context_tokens(self) -> int:
         return len(self.seq.tokens)
 
-    def append(self, messages, generation_prompt=True) -> AppendResult:
+    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
         full = self.model.template.render(self.messages + messages, tools=self.tools,
                                           add_generation_prompt=generation_prompt)
         if not full.startswith(self.text):
@@ -85,7 +85,7 @@ class LocalConversation(Conversation):
                                 "this model's template cannot be used append-only")
         delta = full[len(self.text):]
         ids = self.model.tokenizer.encode(delta)
-        result = self.model.engine.extend(self.seq, ids)
+        result = self.model.engine.extend(self.seq, ids, progress)
         self.messages += messages
         self.text = full
         return AppendResult(len(ids), result.cached_tokens, result.cached_by_tier,

@@ -97,7 +97,7 @@ class OpenAIConversation(MessageConversation):
     def context_tokens(self) -> int:
         return self._prompt_tokens
 
-    def append(self, messages, generation_prompt=True) -> AppendResult:
+    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
         self.messages += messages
         text = "".join(str(m.get("content", "")) for m in messages)
         return AppendResult(new_tokens=self.backend.count_tokens(text))

@@ -60,7 +60,7 @@ class ScriptedConversation(MessageConversation):
     def context_tokens(self) -> int:
         return sum(self.backend.count_tokens(str(m.get("content", ""))) for m in self.messages)
 
-    def append(self, messages, generation_prompt=True) -> AppendResult:
+    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
         self.messages += messages
         n = sum(self.backend.count_tokens(str(m.get("content", ""))) for m in messages)
         return AppendResult(new_tokens=n, computed_tokens=n)

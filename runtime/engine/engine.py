@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -126,8 +126,11 @@ class Engine:
 
     # -- extend ----------------------------------------------------------------------------
 
-    def extend(self, seq: Sequence, ids: list[int]) -> ExtendResult:
-        """Append ids and compute the KV of every pending token; keeps the last token's logits."""
+    def extend(self, seq: Sequence, ids: list[int],
+               progress: Callable[[int, int], None] | None = None) -> ExtendResult:
+        """Append ids and compute the KV of every pending token; keeps the last token's logits.
+
+        `progress(done, total)` is called after each prefill chunk with the tokens computed."""
         start = time.perf_counter()
         total = len(seq.tokens) + len(ids)
         if total > self.max_context:
@@ -138,7 +141,7 @@ class Engine:
         by_tier = self._reuse_prefix(seq)
         self._need_logits(seq)
         computed = seq.num_pending
-        self._compute_pending([seq])
+        self._compute_pending([seq], progress)
         cached = sum(by_tier.values()) * self.page_size
         return ExtendResult(len(ids), cached, {k: v * self.page_size for k, v in by_tier.items()},
                             computed, time.perf_counter() - start)
@@ -186,9 +189,14 @@ class Engine:
         seq.table.replace(index, new)
         self.kv.release([old])
 
-    def _compute_pending(self, seqs: list[Sequence]) -> None:
+    def _compute_pending(self, seqs: list[Sequence],
+                         progress: Callable[[int, int], None] | None = None) -> None:
+        total, done = sum(s.num_pending for s in seqs), 0
         while work := self.scheduler.schedule(seqs):
             self._run(work)
+            done += sum(w.end - w.start for w in work)
+            if progress is not None:
+                progress(done, total)
 
     def _run(self, work: list[Work]) -> None:
         for w in work:

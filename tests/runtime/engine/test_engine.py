@@ -180,3 +180,10 @@ def test_fused_projections_give_the_same_tokens(model):
     assert not any("q_proj" in n or "gate_proj" in n for n, _ in fused.named_parameters())
     got, _ = greedy(make_engine(fused), PROMPT, n=16)
     assert got == ref
+
+
+def test_extend_reports_progress_per_chunk(model):
+    engine = make_engine(model, chunk=5)
+    calls = []
+    engine.extend(engine.new_sequence(), PROMPT, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(5, 11), (10, 11), (11, 11)]

@@ -30,6 +30,18 @@ class RMSNorm(nn.Module):
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * x.to(dtype)
 
+    def add_norm(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`(norm(residual + x), residual + x)`; with no residual yet, `(norm(x), x)`.
+
+        On CUDA one fused kernel does both (runtime/kernels/triton_norm.py)."""
+        if x.is_cuda and x.dim() == 2:
+            from runtime.kernels.triton_norm import add_rmsnorm
+
+            return add_rmsnorm(x, self.weight, self.eps, residual)
+        if residual is not None:
+            x = residual + x
+        return self(x), x
+
 
 class Attention(nn.Module):
     """GQA self-attention with rotary embeddings; K/V go to the paged cache via the context."""
@@ -72,7 +84,7 @@ class Attention(nn.Module):
         v = v.reshape(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = ctx.attend(self.layer_idx, q, k, v, self.scale)  # (T, Hq, D)
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))  # (T, hidden)
 
@@ -99,6 +111,15 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE: in place by one Triton kernel on CUDA, by torch ops elsewhere."""
+    if x.is_cuda:
+        from runtime.kernels.triton_norm import rope_
+
+        return rope_(x, cos, sin)
+    return apply_rotary(x, cos, sin)
+
+
 def _fused(linears: list[nn.Linear]) -> nn.Linear:
     """One Linear whose output is the concatenation of `linears`' outputs."""
     w = torch.cat([m.weight.data for m in linears])
@@ -112,7 +133,8 @@ def _fused(linears: list[nn.Linear]) -> nn.Linear:
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); each add is done by the next
+    norm (fused on CUDA)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -121,9 +143,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: ForwardContext) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor,
+                ctx: ForwardContext) -> tuple[Tensor, Tensor]:
+        """The residual stream travels beside the block's output, so each norm can add it."""
+        h, residual = self.input_layernorm.add_norm(x, residual)
+        h = self.self_attn(h, cos, sin, ctx)
+        h, residual = self.post_attention_layernorm.add_norm(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -143,9 +169,10 @@ class DecoderModel(nn.Module):
         x = self.embed_tokens(input_ids)  # (T, hidden)
         # Every position is below the longest sequence's length: a host int, so no device sync.
         cos, sin = self.rotary(positions, ctx.meta.max_seq_len)  # (T, D/2) each
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, ctx)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, ctx)
+        return self.norm.add_norm(x, residual)[0]
 
 
 class CausalLM(nn.Module):

@@ -6,6 +6,7 @@ Files:
 - triton_extend.py: paged extend/prefill attention (GQA-packed tiles, causal skipping, splits).
 - triton_decode.py: paged split-KV decode attention and the log-sum-exp merge.
 - triton_store.py: the KV store into pages.
+- triton_norm.py: fused residual-add + RMSNorm, and in-place RoPE (the GPU decode path).
 - triton_backend.py: TritonBackend, the kernels above behind the contract.
 - flash_attn_backend.py: FlashAttnBackend over flash-attn's paged API (optional install).
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from abc import ABC, abstractmethod
 
 from agent.events import Event, Op
@@ -28,3 +30,32 @@ class AgentHandle(ABC):
     @abstractmethod
     def closed(self) -> bool:
         """True once the session has shut down."""
+
+
+class QueuedHandle(AgentHandle):
+    """The usual plumbing: ops and events in thread-safe queues, `closed` as an Event.
+
+    Subclasses run a worker that takes ops from `_ops`, puts events on `_events` and sets
+    `_closed` when it ends."""
+
+    def __init__(self) -> None:
+        self._ops: queue.Queue[Op] = queue.Queue()
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._closed = threading.Event()
+
+    def submit(self, op: Op) -> None:
+        self._ops.put(op)
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the worker has ended (True) or `timeout` passed (False)."""
+        return self._closed.wait(timeout)

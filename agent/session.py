@@ -7,7 +7,6 @@ front end (TUI, headless run, tests) drives it through `AgentHandle`.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from agent.events import (
     ApprovalDecision,
     ApprovalRequested,
     Error,
-    Event,
     Interrupt,
     KVStats,
     Note,
@@ -30,7 +28,7 @@ from agent.events import (
     UserInput,
 )
 from agent.external_changes import ExternalChanges
-from agent.handle import AgentHandle
+from agent.handle import QueuedHandle
 from agent.history import replay
 from agent.loop import AgentLoop, LoopConfig, NullRecorder, Recorder
 from agent.permissions import Permissions
@@ -82,11 +80,12 @@ class StoreRecorder(Recorder):
         self.store.append_tokens(self.session_id, turn, kind, ids, text)
 
 
-class AgentSession(AgentHandle):
+class AgentSession(QueuedHandle):
     """Runs the loop on a worker thread; `submit` and `next_event` never block on the model."""
 
     def __init__(self, backend: ModelBackend, repo_root: Path, store=None,
                  resume_id: str | None = None, options: SessionOptions | None = None):
+        super().__init__()
         self.backend = backend
         self.options = options or SessionOptions()
         self.workspace = Workspace(repo_root)
@@ -99,10 +98,7 @@ class AgentSession(AgentHandle):
         self.resume_id = resume_id
         self.session_id = resume_id or ""
         self.turn = 0
-        self._ops: queue.Queue[Op] = queue.Queue()
-        self._events: queue.Queue[Event] = queue.Queue()
         self._pending: list[UserInput] = []
-        self._closed = threading.Event()
         self.loop: AgentLoop | None = None
         self._thread = threading.Thread(target=self._main, name="agent-session", daemon=True)
         self._thread.start()
@@ -112,20 +108,7 @@ class AgentSession(AgentHandle):
     def submit(self, op: Op) -> None:
         if isinstance(op, Interrupt):
             self.ctx.cancel.set()  # reach a running turn at once, not after it ends
-        self._ops.put(op)
-
-    def next_event(self, timeout: float | None = None) -> Event | None:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._closed.wait(timeout)
+        super().submit(op)
 
     # -- worker ------------------------------------------------------------------------------
 

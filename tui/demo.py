@@ -13,10 +13,8 @@ import time
 from agent.events import (
     ApprovalDecision,
     ApprovalRequested,
-    Event,
     Interrupt,
     KVStats,
-    Op,
     Progress,
     SessionStarted,
     Shutdown,
@@ -28,7 +26,7 @@ from agent.events import (
     Usage,
     UserInput,
 )
-from agent.handle import AgentHandle
+from agent.handle import QueuedHandle
 from tui.app import AgentApp
 
 DIFF = (
@@ -38,29 +36,14 @@ DIFF = (
 WINDOW = 8192
 
 
-class DemoHandle(AgentHandle):
+class DemoHandle(QueuedHandle):
     """A pretend agent: ops are handled on a thread of its own, with human-visible delays."""
 
     def __init__(self, token_delay_s: float = 0.03) -> None:
-        self._ops: queue.Queue[Op] = queue.Queue()
-        self._events: queue.Queue[Event] = queue.Queue()
-        self._closed = threading.Event()
+        super().__init__()
         self._delay = token_delay_s
         self._context = 1200
         threading.Thread(target=self._run, name="demo-agent", daemon=True).start()
-
-    def submit(self, op: Op) -> None:
-        self._ops.put(op)
-
-    def next_event(self, timeout: float | None = None) -> Event | None:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     def _run(self) -> None:
         self._start()

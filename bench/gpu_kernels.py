@@ -43,6 +43,7 @@ from runtime.kernels.triton_extend import (  # noqa: E402
     extend_attention,
     extend_num_splits,
 )
+from runtime.kernels.triton_linear import GemvConfig, gemv  # noqa: E402
 from runtime.kernels.triton_store import store_kv  # noqa: E402
 
 HQ, HKV, D, PAGE = 28, 4, 128, 256
@@ -180,16 +181,24 @@ def bench_extend(kv_lens: list[int], q_len: int, tune: bool) -> list[dict]:
         if tune:
             E = ExtendConfig
             sweep = [
-                (E(128, 128, 8, 3), 2), (E(128, 128, 8, 3), 4),
-                (E(128, 128, 8, 3, tma=True), 2), (E(128, 128, 8, 3, tma=True), 4),
-                (E(128, 128, 8, 2, tma=True), 2), (E(128, 64, 8, 3, tma=True), 2),
-                (E(128, 64, 8, 4, tma=True), 2), (E(128, 64, 4, 3, tma=True), 2),
-                (E(128, 128, 8, 2, tma=True, warp_specialize=True), 2),
-                (E(128, 64, 8, 3, tma=True, warp_specialize=True), 2),
+                (E(128, 128, 8, 2, tma=True), None),
+                (E(128, 128, 8, 2, tma=True, prefetch_page=True), None),
+                (E(128, 128, 8, 3, tma=True), None),
+                (E(128, 128, 8, 3, tma=True, prefetch_page=True), None),
+                (E(128, 64, 8, 3, tma=True, prefetch_page=True), None),
+                (E(128, 64, 8, 4, tma=True, prefetch_page=True), None),
+                (E(128, 64, 4, 3, tma=True, prefetch_page=True), None),
+                (E(64, 64, 4, 3, tma=True, prefetch_page=True), None),
+                (E(64, 128, 4, 2, tma=True, prefetch_page=True), None),
+                (E(128, 128, 8, 2, tma=True, warp_specialize=True), None),
+                (E(128, 128, 8, 3, tma=True, warp_specialize=True), None),
+                (E(128, 64, 8, 3, tma=True, warp_specialize=True), None),
+                (E(128, 128, 4, 2, tma=True, warp_specialize=True), None),
             ]  # fmt: skip
             for cfg, splits in sweep:
                 name = f"triton_m{cfg.block_m}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
                 name += ("_tma" if cfg.tma else "") + ("_ws" if cfg.warp_specialize else "")
+                name += "_pf" if cfg.prefetch_page else ""
                 variants[f"{name}_k{splits}"] = tri(cfg, splits)
         for name, fn in variants.items():
             try:
@@ -285,6 +294,60 @@ def graph_time(fn: Callable[[], object], nbytes: int, reps: int = 20) -> dict:
             fn()
     ms = bench(g.replay) / reps
     return {"ms": ms, "TBps": nbytes / ms / 1e9}
+
+
+# Batch-1 projections of Qwen2.5-7B: (name, N, K, bias, act); down reads the gate/up output.
+GEMV_SHAPES = [("qkv", 4608, 3584, True, None), ("o_proj", 3584, 3584, False, None),
+               ("gate_up", 37888, 3584, False, None), ("down", 3584, 18944, False, "silu_mul"),
+               ("lm_head", 152064, 3584, False, None)]  # fmt: skip
+
+
+def bench_gemv(tune: bool) -> list[dict]:
+    """Each projection over `copies` distinct weights in turn (as 28 layers are: nothing stays
+    in L2), replayed from a CUDA graph; GB/s of weight bytes, GEMV kernel vs cuBLAS."""
+    rows = []
+    for name, n, k, has_bias, act in GEMV_SHAPES:
+        copies = max(2, min(8, (2 << 30) // (n * k * 2)))
+        ws = [torch.randn(n, k, dtype=DT, device=DEV) / k**0.5 for _ in range(copies)]
+        bias = torch.randn(n, dtype=DT, device=DEV) if has_bias else None
+        x = torch.randn(1, 2 * k if act else k, dtype=DT, device=DEV)
+        nbytes = n * k * 2 * copies
+
+        def cublas(x=x, ws=ws, bias=bias, act=act, k=k):
+            for w in ws:
+                h = x
+                if act:
+                    h = F.silu(x[:, :k]) * x[:, k:]
+                F.linear(h, w, bias)
+
+        def ours(cfg=None, x=x, ws=ws, bias=bias, act=act):
+            return lambda: [gemv(x, w, bias, act=act, config=cfg) for w in ws]
+
+        ref = F.linear(F.silu(x[:, :k]) * x[:, k:] if act else x, ws[0], bias).float()
+        err = rel_err(gemv(x, ws[0], bias, act=act), ref)
+        row = {"name": name, "n": n, "k": k, "rel_err": err,
+               "cublas": graph_time(cublas, nbytes), "gemv": graph_time(ours(), nbytes)}
+        if tune:
+            for bn in (4, 8, 16):
+                for bk in (512, 1024):
+                    for warps in (4, 8):
+                        if bn * bk // (32 * warps) > 128:  # fp32 accumulators per thread
+                            continue
+                        cfg = GemvConfig(bn, bk, warps, 2)
+                        try:
+                            row[f"gemv_n{bn}k{bk}w{warps}"] = graph_time(ours(cfg), nbytes)
+                        except Exception as e:  # noqa: BLE001 (a config that does not build)
+                            print(f"  gemv {name} {cfg}: {type(e).__name__}", flush=True)
+        best = max((v["TBps"], key) for key, v in row.items()
+                   if isinstance(v, dict) and key.startswith("gemv"))
+        row["best"] = best
+        print(f"  gemv {name} {n}x{k}: cublas {row['cublas']['TBps']:.2f} TB/s, gemv "
+              f"{row['gemv']['TBps']:.2f}, best {best[1]} {best[0]:.2f}, err {err:.1e}",
+              flush=True)  # fmt: skip
+        rows.append(row)
+        ws = None
+        torch.cuda.empty_cache()
+    return rows
 
 
 def bench_store(token_counts: list[int]) -> list[dict]:
@@ -385,11 +448,19 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _tunes(args: argparse.Namespace, kernel: str) -> bool:
+    wanted = args.tune.split(",")
+    return kernel in wanted or "all" in wanted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON results path")
-    ap.add_argument("--tune", choices=["extend", "decode", "all"], help="also sweep tile configs")
+    ap.add_argument("--tune", default="",
+                    help="sweep tile configs of these kernels: extend,decode,gemv or all")
     ap.add_argument("--quick", action="store_true", help="skip the 1M-key extend case")
+    ap.add_argument("--parts", default="store,decode,extend,gemv",
+                    help="comma-separated sections to run (ceilings always run)")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
@@ -407,11 +478,17 @@ def main() -> None:
 
     save("ceilings", ceilings())
     print("ceilings", res["ceilings"], flush=True)
-    save("store", bench_store([2048, 65536]))
-    decode_cases = [(1, 8192), (1, 131072), (1, 1 << 20), (8, 131072)]
-    save("decode", bench_decode(decode_cases, args.tune in ("decode", "all")))
-    kv_lens = [65536, 262144] if args.quick else [65536, 262144, 1 << 20]
-    save("extend", bench_extend(kv_lens, 2048, args.tune in ("extend", "all")))
+    parts = args.parts.split(",")
+    if "gemv" in parts:
+        save("gemv", bench_gemv(_tunes(args, "gemv")))
+    if "store" in parts:
+        save("store", bench_store([2048, 65536]))
+    if "decode" in parts:
+        decode_cases = [(1, 1024), (1, 8192), (1, 131072), (1, 1 << 20), (8, 131072)]
+        save("decode", bench_decode(decode_cases, _tunes(args, "decode")))
+    if "extend" in parts:
+        kv_lens = [65536, 262144] if args.quick else [65536, 262144, 1 << 20]
+        save("extend", bench_extend(kv_lens, 2048, _tunes(args, "extend")))
     res["kernels"] = kernel_resources()
     for r in res["kernels"]:
         print("  ", {k: v for k, v in r.items() if k != "key"})

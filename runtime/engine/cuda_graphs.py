@@ -67,15 +67,16 @@ class DecodeRows:
     seq_lens: list[int]
 
 
-def decode_rows(work: Sequence[Work], page_size: int) -> DecodeRows:
+def decode_rows(work: Sequence[Work], page_size: int, with_ids: bool = True) -> DecodeRows:
     """The token, position, KV slot and key count of each single-token work item.
 
     O(batch) host work: the slot comes from the sequence's host page list, never the device.
+    Without ids (they are on the device, not yet in `seq.tokens`) the id entries are 0.
     """
     ids, positions, slots, lens = [], [], [], []
     for w in work:
         pos = w.start
-        ids.append(w.seq.tokens[pos])
+        ids.append(w.seq.tokens[pos] if with_ids else 0)
         positions.append(pos)
         slots.append(w.seq.pages[pos // page_size] * page_size + pos % page_size)
         lens.append(w.end)
@@ -163,14 +164,16 @@ class DecodeGraphs:
     # -- running --------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, work: Sequence[Work]) -> torch.Tensor:
-        """Replay the decode step for `work` (accepted); logits `(n, vocab)` float32 (a view)."""
+    def run(self, work: Sequence[Work], ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay the decode step for `work` (accepted); logits `(n, vocab)` float32 (a view).
+
+        `ids` `(n,)` on the device replaces the host token ids (a pipelined step)."""
         n = len(work)
         size = bucket_for(n, self.buckets)
         assert size is not None, "run() needs a batch that accepts() took"
         self._check_rope()
         bucket = self._buckets.get(size) or self._capture(size)
-        self._stage(work)
+        self._stage(work, ids)
         bucket.replay()
         self.replays += 1
         return bucket.logits[:n]
@@ -188,9 +191,9 @@ class DecodeGraphs:
         self._buckets.clear()
         self._rope = None
 
-    def _stage(self, work: Sequence[Work]) -> None:
+    def _stage(self, work: Sequence[Work], ids: torch.Tensor | None = None) -> None:
         """Write the step's inputs into the static buffers, padding every row past n."""
-        rows = decode_rows(work, self.page_size)
+        rows = decode_rows(work, self.page_size, with_ids=ids is None)
         n = len(work)
         h = self._writable_host()
         for r, values in (
@@ -202,6 +205,8 @@ class DecodeGraphs:
             h[r, :n] = values
             h[r, n:] = _PAD[r]
         self._upload()
+        if ids is not None:  # device to device, queued behind the sampling that made them
+            self._staged[_IDS, :n].copy_(ids)
         # One batched launch for every row's table; columns past a row's pages keep stale ids
         # that the kernels never read (they stop at the row's key count).
         torch._foreach_copy_(

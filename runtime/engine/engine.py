@@ -27,6 +27,9 @@ class EngineConfig:
 
     prefill_chunk: int = 512
     max_batch_tokens: int = 2048
+    # Queue each decode step's forward before the host reads the token it consumes (see
+    # Engine._decode_pipelined); None: on CUDA only, where the host and the GPU run apart.
+    pipeline_decode: bool | None = None
 
 
 @dataclass
@@ -232,8 +235,7 @@ class Engine:
         """Stream tokens for one sequence; the last event carries the finish reason."""
         req = self._start(seq, params)
         try:
-            while not req.finished:
-                yield from self._step([req])
+            yield from self._decode([req])
         finally:
             self.sampler.finish(req.req_id)
 
@@ -242,9 +244,8 @@ class Engine:
         """Generate for several sequences at once, decoding them together each step."""
         start = time.perf_counter()
         reqs = [self._start(s, p) for s, p in zip(seqs, params)]
-        while active := [r for r in reqs if not r.finished]:
-            for _ in self._step(active):
-                pass
+        for _ in self._decode(reqs):
+            pass
         for r in reqs:
             self.sampler.finish(r.req_id)
         took = time.perf_counter() - start
@@ -260,6 +261,64 @@ class Engine:
                       decoder=_decoder(self.tokenizer))
         self.sampler.start(req.req_id, params, self.device)
         return req
+
+    def _decode(self, reqs: list[Request]) -> Iterator[StreamEvent]:
+        """Decode until every request finishes: pipelined when it can be, step by step if not."""
+        pipeline = self.config.pipeline_decode
+        if pipeline is None:
+            pipeline = self.device.type == "cuda"
+        # Constraints need the host to see each token before masking the next; a full context
+        # leaves no position for the forward queued ahead of the first token.
+        if pipeline and all(r.params.constraint is None and len(r.seq.tokens) < r.max_len
+                            for r in reqs):  # fmt: skip
+            yield from self._decode_pipelined(reqs)
+            return
+        while active := [r for r in reqs if not r.finished]:
+            yield from self._step(active)
+
+    def _decode_pipelined(self, reqs: list[Request]) -> Iterator[StreamEvent]:
+        """Decode with the host one step behind the GPU.
+
+        Tokens are sampled on the device; step j's forward is queued with step j's token still
+        on the device, and only then does the host wait for that token (its copy finishes when
+        step j-1's forward does), append it, check stops and yield, while step j runs. A row
+        that ends on a stop token or string has had its forward run one step early: its KV and
+        logits are kept (num_computed = len(tokens)), so nothing is wasted but one forward.
+        Rows that end by length or context are known before and are not run.
+        """
+        running = [r for r in reqs if not r.finished]
+        logits = torch.stack([r.seq.last_logits for r in running])
+        tokens = self.sampler.sample_on_device(logits, [r.params for r in running],
+                                               [r.req_id for r in running])  # fmt: skip
+        while running:
+            fetch = _HostCopy(tokens)
+            go = [i for i, r in enumerate(running) if _may_continue(r)]
+            logits = None
+            if go:
+                work = [Work(running[i].seq, len(running[i].seq.tokens),
+                             len(running[i].seq.tokens) + 1, True) for i in go]  # fmt: skip
+                for w in work:
+                    self._ensure_pages(w.seq, w.end)
+                ids = tokens if len(go) == len(running) else tokens[self._index(go)]
+                logits = self.runner.run(work, ids=ids)
+                tokens = self.sampler.sample_on_device(
+                    logits, [running[i].params for i in go], [running[i].req_id for i in go])
+            row_of = {i: row for row, i in enumerate(go)}
+            events = []
+            for i, (req, token) in enumerate(zip(running, fetch.wait())):
+                events.append(self._postprocess(req, token))
+                if i in row_of:  # its forward is queued: KV and logits of this token
+                    req.seq.num_computed = len(req.seq.tokens)
+                    req.seq.last_logits = logits[row_of[i]]
+                    self._seal_full_pages(req.seq)
+            keep = [row_of[i] for i, r in enumerate(running) if not r.finished]
+            if len(keep) < len(go):
+                tokens = tokens[self._index(keep)]
+            running = [r for r in running if not r.finished]
+            yield from events
+
+    def _index(self, rows: list[int]) -> torch.Tensor:
+        return self.runner.to_device(rows)
 
     def _step(self, reqs: list[Request]) -> Iterator[StreamEvent]:
         """sample -> postprocess -> run: one decode step over the active requests."""
@@ -294,6 +353,31 @@ class Engine:
             req.text += req.decoder.flush()
             _apply_stop_strings(req)
         return StreamEvent(token, _take_safe_text(req), req.finish_reason)
+
+
+def _may_continue(req: Request) -> bool:
+    """False if the next token ends the request by length or context, whatever it is."""
+    return (len(req.generated) + 1 < req.params.max_tokens
+            and len(req.seq.tokens) + 1 < req.max_len)
+
+
+class _HostCopy:
+    """A device tensor's values on the host, copied without blocking until `wait()`."""
+
+    def __init__(self, values: torch.Tensor):
+        self._event = None
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = values
+
+    def wait(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
 
 
 def _decoder(tokenizer):

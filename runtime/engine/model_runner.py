@@ -52,17 +52,24 @@ class ModelRunner:
                                        max_context=max_context, buckets=graph_buckets)
 
     @torch.inference_mode()
-    def run(self, work: list[Work]) -> torch.Tensor | None:
-        """Forward all work items as one flattened batch; logits `(n_wanted, vocab)` float32."""
+    def run(self, work: list[Work], ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Forward all work items as one flattened batch; logits `(n_wanted, vocab)` float32.
+
+        `ids`: the tokens of the work, already on the device (a pipelined decode step whose
+        tokens were sampled there and are not yet in the sequences' host lists); by default
+        they are read from `seq.tokens`."""
         if self.graphs is not None and self.graphs.accepts(work):
-            return self._wanted(self.graphs.run(work), work)
-        ids, positions, meta = self._prepare(work)
+            return self._wanted(self.graphs.run(work, ids), work)
+        given = ids
+        ids, positions, meta = self._prepare(work, with_ids=given is None)
+        if given is not None:
+            ids = given
         hidden = self.model(ids, positions, ForwardContext(self.backend, self.kv_views, meta))
         ends = itertools.accumulate(meta.query_lens_cpu)
         rows = [end - 1 for end, w in zip(ends, work) if w.want_logits]
         if not rows:
             return None
-        return self.model.compute_logits(hidden.index_select(0, self._to_device(rows))).float()
+        return self.model.compute_logits(hidden.index_select(0, self.to_device(rows))).float()
 
     def _wanted(self, logits: torch.Tensor, work: list[Work]) -> torch.Tensor | None:
         """Copies of the wanted rows of a graph's output (which the next replay overwrites)."""
@@ -71,9 +78,9 @@ class ModelRunner:
             return None
         if len(rows) == len(work):
             return logits.clone()
-        return logits.index_select(0, self._to_device(rows))
+        return logits.index_select(0, self.to_device(rows))
 
-    def _to_device(self, values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    def to_device(self, values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """A host list on the device without making the host wait for the GPU.
 
         A copy from pageable memory synchronises the stream, so every chunk's prepare would
@@ -84,11 +91,14 @@ class ModelRunner:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _prepare(self, work: list[Work]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        tokens: list[int] = []
-        for w in work:
-            tokens += w.seq.tokens[w.start : w.end]
-        ids = self._to_device(tokens)
+    def _prepare(self, work: list[Work], with_ids: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor, AttentionMetadata]:
+        ids = None
+        if with_ids:
+            tokens: list[int] = []
+            for w in work:
+                tokens += w.seq.tokens[w.start : w.end]
+            ids = self.to_device(tokens)
         positions = torch.cat([torch.arange(w.start, w.end, device=self.device) for w in work])
         slots = torch.cat([self._slots(w, positions_of) for w, positions_of in
                            zip(work, torch.split(positions, [w.end - w.start for w in work]))])
@@ -100,8 +110,8 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=slots,
             block_tables=self._block_tables(work),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            query_start_loc=self._to_device(starts, torch.int32),
+            seq_lens=self.to_device(seq_lens, torch.int32),
+            query_start_loc=self.to_device(starts, torch.int32),
             page_size=self.page_size,
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),

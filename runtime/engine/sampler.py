@@ -29,19 +29,26 @@ class Sampler:
         self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[int]
     ) -> list[int]:
         """logits (B, vocab) float32 -> one token id per row."""
+        return self.sample_on_device(logits, params, request_ids).tolist()
+
+    def sample_on_device(
+        self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[int]
+    ) -> torch.Tensor:
+        """Like `sample`, but the ids stay on logits' device `(B,)` int64: no host sync, so
+        the next forward can be queued before the host sees them (constraints excepted: their
+        masks are host work)."""
         if any(p.constraint is not None for p in params):
             logits = _apply_constraints(logits, params)
         if all(p.greedy for p in params):
-            return logits.argmax(dim=-1).tolist()
-        out = []
-        for row, p, rid in zip(logits, params, request_ids):
-            out.append(self._sample_row(row, p, self._generators[rid]))
-        return out
+            return logits.argmax(dim=-1)
+        return torch.cat([self._sample_row(row, p, self._generators[rid])
+                          for row, p, rid in zip(logits, params, request_ids)])
 
     @staticmethod
-    def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+        """One row's token as a `(1,)` tensor on the row's device."""
         if p.greedy:
-            return int(row.argmax())
+            return row.argmax().view(1)
         row = row.float() / p.temperature
         if p.top_k > 0:
             kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
@@ -49,7 +56,7 @@ class Sampler:
         probs = torch.softmax(row, dim=-1)
         if p.top_p < 1.0:
             probs = _top_p_filter(probs, p.top_p)
-        return int(torch.multinomial(probs, 1, generator=gen))
+        return torch.multinomial(probs, 1, generator=gen)
 
 
 def _apply_constraints(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

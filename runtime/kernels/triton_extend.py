@@ -38,6 +38,7 @@ class ExtendConfig:
     num_stages: int = 3
     tma: bool = False  # bulk tensor copies for whole in-page K/V tiles (Hopper and later)
     warp_specialize: bool = False
+    prefetch_page: bool = False  # with tma: read the next tile's page id an iteration early
 
 
 def _page_descriptor(cache: torch.Tensor, block_n: int) -> TensorDescriptor:
@@ -107,14 +108,26 @@ def _extend_inner(
     qk_scale, stride_kp, stride_ks, offs_d, d_ok,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
     MASKED: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+    PREFETCH_PAGE: tl.constexpr,
 ):  # fmt: skip
+    # Whole in-page TMA tiles: the next tile's page id is read one iteration ahead, so the
+    # bulk copy's coordinates never wait on a dependent load.
+    PREFETCH: tl.constexpr = PREFETCH_PAGE and USE_TMA and not MASKED
+    page = 0
+    if PREFETCH:
+        page = tl.load(bt_row + lo // PAGE_SIZE, mask=lo < hi, other=0)
     for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         keys = start + tl.arange(0, BLOCK_N)
         # Unmasked blocks lie below every row's position, hence inside the sequence.
         k_ok = keys < kv_len
-        k = _kv_tile(k_head, k_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
-                     stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
-                     USE_TMA)  # fmt: skip
+        if PREFETCH:
+            nxt = start + BLOCK_N
+            next_page = tl.load(bt_row + nxt // PAGE_SIZE, mask=nxt < hi, other=0)
+            k = k_desc.load([page, start % PAGE_SIZE, col]).reshape(BLOCK_N, BLOCK_D)
+        else:
+            k = _kv_tile(k_head, k_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
+                         stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
+                         USE_TMA)  # fmt: skip
         s = tl.dot(q, tl.trans(k))
         if MASKED:
             s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
@@ -129,9 +142,13 @@ def _extend_inner(
         p = tl.math.exp2(s * qk_scale - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # Masked V loads: stale slots past kv_len may hold anything, and 0 * inf is NaN.
-        v = _kv_tile(v_head, v_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
-                     stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
-                     USE_TMA)  # fmt: skip
+        if PREFETCH:
+            v = v_desc.load([page, start % PAGE_SIZE, col]).reshape(BLOCK_N, BLOCK_D)
+            page = next_page
+        else:
+            v = _kv_tile(v_head, v_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
+                         stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
+                         USE_TMA)  # fmt: skip
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
@@ -148,6 +165,7 @@ def _extend_kernel(
     GROUP: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
     SPLIT: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+    PREFETCH_PAGE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -197,12 +215,12 @@ def _extend_kernel(
     acc, l_i, m_i = _extend_inner(
         acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, lo, full_end, pos, kv_len, col,
         qk_scale, stride_kp, stride_ks, offs_d, d_ok,
-        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, False, USE_TMA, WARP_SPEC,
+        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, False, USE_TMA, WARP_SPEC, PREFETCH_PAGE,
     )  # fmt: skip
     acc, l_i, m_i = _extend_inner(
         acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, full_end, hi, pos, kv_len, col,
         qk_scale, stride_kp, stride_ks, offs_d, d_ok,
-        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, True, USE_TMA, False,
+        BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, True, USE_TMA, False, False,
     )  # fmt: skip
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -286,6 +304,7 @@ def extend_attention(
         GROUP=group, TOKENS=tokens, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
         SPLIT=num_splits > 1, USE_TMA=use_tma, WARP_SPEC=cfg.warp_specialize,
+        PREFETCH_PAGE=cfg.prefetch_page,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:

@@ -15,6 +15,10 @@ from runtime.config import ModelConfig
 from runtime.forward_context import ForwardContext
 from runtime.rope import RotaryEmbedding, apply_rotary
 
+# Batch-1 projections on CUDA through the streaming GEMV (runtime/kernels/triton_linear.py);
+# False falls back to cuBLAS (for A/B runs; set before CUDA graphs are captured).
+DECODE_GEMV = True
+
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 and cast back before the weight, exactly as transformers does."""
@@ -70,23 +74,24 @@ class Attention(nn.Module):
         self.qkv_proj = _fused([self.q_proj, self.k_proj, self.v_proj])
         del self.q_proj, self.k_proj, self.v_proj
 
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.qkv_proj is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        kv = self.num_kv_heads * self.head_dim
-        return self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
-
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: ForwardContext) -> Tensor:
-        t = x.shape[0]
-        q, k, v = self._qkv(x)
-        q = q.reshape(t, self.num_heads, self.head_dim)  # (T, Hq, D)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        v = v.reshape(t, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        t, hq, hkv, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            qkv = _project(self.qkv_proj, x)
+            if x.is_cuda and not self.qk_norm:
+                # q and k are adjacent in each row: rotate both heads' sets in one launch.
+                _rotate(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
+                cos = sin = None
+            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+        q, k, v = q.reshape(t, hq, d), k.reshape(t, hkv, d), v.reshape(t, hkv, d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if cos is not None:
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = ctx.attend(self.layer_idx, q, k, v, self.scale)  # (T, Hq, D)
-        return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))  # (T, hidden)
+        return _project(self.o_proj, out.reshape(t, hq * d))  # (T, hidden)
 
 
 class MLP(nn.Module):
@@ -107,8 +112,28 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_proj is None:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = _project(self.gate_up_proj, x)
+        if x.is_cuda:  # Triton kernels, imported lazily (kernels/conftest.py says why)
+            from runtime.kernels.triton_linear import gemv, silu_mul
+
+            if _use_gemv(x):
+                return gemv(gate_up, self.down_proj.weight, act="silu_mul")
+            return self.down_proj(silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+
+def _use_gemv(x: Tensor) -> bool:
+    return DECODE_GEMV and x.is_cuda and x.shape[0] == 1
+
+
+def _project(linear: nn.Linear, x: Tensor) -> Tensor:
+    """`linear(x)`; one row on CUDA streams the weight through the GEMV kernel."""
+    if _use_gemv(x):
+        from runtime.kernels.triton_linear import gemv
+
+        return gemv(x, linear.weight, linear.bias)
+    return linear(x)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -51,14 +51,16 @@ def random_model(cfg: ModelConfig, device: str, dtype: torch.dtype) -> torch.nn.
     return m.to(device=device, dtype=dtype).eval()
 
 
-def make_engine(model, cfg, device, dtype, page_size, graphs, buckets=(1, 2, 4), splits=2):
+def make_engine(model, cfg, device, dtype, page_size, graphs, buckets=(1, 2, 4), splits=2,
+                pipeline=None):
     layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
     kv = PrivatePages(DevicePagePool(layout, 256, device))
     kv.pool.data.normal_()  # never decode against zeros: unread pages must stay unread
     # A fixed split count: eager and graph decode then run the very same kernels.
     engine = Engine(model, kv, TritonBackend(decode_splits=splits),
                     max_context=cfg.max_position_embeddings, device=device,
-                    config=EngineConfig(prefill_chunk=16, max_batch_tokens=32))  # fmt: skip
+                    config=EngineConfig(prefill_chunk=16, max_batch_tokens=32,
+                                        pipeline_decode=pipeline))  # fmt: skip
     r = engine.runner
     r.graphs = (DecodeGraphs(model, r.kv_views, r.backend, page_size, r.device,
                              max_context=cfg.max_position_embeddings, buckets=buckets)
@@ -104,6 +106,17 @@ def test_static_path_matches_eager(cpu_model):
     eager, _ = generate(make_engine(*args, graphs=False), PROMPTS)
     engine = make_engine(*args, graphs=True)
     got, _ = generate(engine, PROMPTS)  # 3 rows in bucket 4, tables growing across pages
+    assert got == eager
+    assert engine.runner.graphs.replays >= 9
+
+
+@cpu_only
+def test_pipelined_static_path_matches_eager(cpu_model):
+    # Token ids reach the static buffers from the device, not the host lists.
+    args = (cpu_model, CPU_CFG, "cpu", torch.float32, 4)
+    eager, _ = generate(make_engine(*args, graphs=False, pipeline=False), PROMPTS)
+    engine = make_engine(*args, graphs=True, pipeline=True)
+    got, _ = generate(engine, PROMPTS)
     assert got == eager
     assert engine.runner.graphs.replays >= 9
 

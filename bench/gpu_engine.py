@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -193,6 +194,8 @@ def part_decode(b: Bench, out: dict, engine: Engine, cfg: ModelConfig, seq_long:
     with forked(engine, short) as s:
         out["b1_1k"] = decode_point(b, engine, s, K, b.args.decode_tokens, 32, wbytes, kv_tok)
     out["graph_vs_eager_tokens"] = graph_vs_eager(b, engine, short)
+    if b.cuda:
+        out["b1_1k_ablations"] = ablations(b, engine, short)
     out["breakdown"] = with_breakdown(b, engine, short)
     for batch in b.args.batches:
         out[f"b{batch}_1k_tok_s"] = batch_tok_s(b, engine, cfg, batch)
@@ -205,6 +208,31 @@ def part_decode(b: Bench, out: dict, engine: Engine, cfg: ModelConfig, seq_long:
             b, lambda: decode_tok_s(b, engine, seq_long, 6)
         )
     engine.release(short)
+
+
+def ablations(b: Bench, engine: Engine, seq: Sequence, n: int = 128) -> dict:
+    """Batch-1 tok/s at 1K with one decode feature off at a time (graphs captured again)."""
+    from runtime.kernels import pdl
+    from runtime.models import llama
+
+    switches = {"no_pdl": (pdl, "ENABLED"), "no_gemv": (llama, "DECODE_GEMV"),
+                "no_pipeline": (engine, "config")}  # fmt: skip
+    out = {}
+    for name, (owner, attr) in switches.items():
+        saved = getattr(owner, attr)
+        off = dataclasses.replace(saved, pipeline_decode=False) if attr == "config" else False
+        setattr(owner, attr, off)
+        engine.runner.graphs.reset()
+        try:
+            with forked(engine, seq) as s:
+                decode_tok_s(b, engine, s, 8)  # capture
+            with forked(engine, seq) as s:
+                out[name] = decode_tok_s(b, engine, s, n)[0]
+        finally:
+            setattr(owner, attr, saved)
+            engine.runner.graphs.reset()
+        print(f"  decode b1 at 1K, {name}: {out[name]:.1f} tok/s", flush=True)
+    return out
 
 
 def graph_vs_eager(b: Bench, engine: Engine, seq: Sequence, n: int = 64) -> dict:

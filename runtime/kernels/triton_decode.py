@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime.kernels.pdl import pdl_enabled, wait_and_release
+
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 256
 
@@ -112,8 +114,9 @@ def _decode_kernel(
     num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    DIRECT: tl.constexpr,
+    DIRECT: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_and_release(PDL)
     split = tl.program_id(0)
     kvh = tl.program_id(1)
     b = tl.program_id(2)
@@ -174,8 +177,9 @@ def _merge_kernel(
     OP, LP, Out, SEQ_LENS,
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph, stride_ot, stride_oh,
     num_splits, BLOCK_S: tl.constexpr, CHUNK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_and_release(PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     used = num_splits
@@ -228,7 +232,8 @@ def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
         s, BLOCK_S=block_s, CHUNK_N=chunk_n if seq_lens is not None else 0,
-        HEAD_DIM=d, BLOCK_D=block_d, num_warps=4 if d >= 128 else 2,
+        HEAD_DIM=d, BLOCK_D=block_d, PDL=pdl_enabled(out.device),
+        num_warps=4 if d >= 128 else 2, launch_pdl=pdl_enabled(out.device),
     )  # fmt: skip
     return out
 
@@ -295,8 +300,8 @@ def decode_attention(
         num_splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        DIRECT=direct,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DIRECT=direct, PDL=pdl_enabled(q.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl_enabled(q.device),
     )  # fmt: skip
     if not direct:
         merge_splits(partial, lse, out, seq_lens, cfg.block_n)

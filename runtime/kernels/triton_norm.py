@@ -13,10 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime.kernels.pdl import pdl_enabled, wait_and_release
+
 
 @triton.jit
 def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                        stride_x, stride_r, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                        stride_x, stride_r, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    wait_and_release(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -44,13 +48,15 @@ def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
             x, residual if residual is not None else x, weight, out, res_out, n, eps,
             x.stride(0), (residual if residual is not None else x).stride(0),
             HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n),
+            PDL=pdl_enabled(x.device), launch_pdl=pdl_enabled(x.device),
         )  # fmt: skip
     return out, res_out
 
 
 @triton.jit
 def _rope_kernel(x_ptr, cos_ptr, sin_ptr, stride_t, stride_h, half, cs_stride,
-                 BLOCK: tl.constexpr):
+                 BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_and_release(PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
@@ -74,6 +80,7 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     assert x.stride(2) == 1, "head values must be contiguous"
     if t and h:
         cos, sin = cos.contiguous(), sin.contiguous()
+        pdl = pdl_enabled(x.device)
         _rope_kernel[(t, h)](x, cos, sin, x.stride(0), x.stride(1), d // 2, cos.stride(0),
-                             BLOCK=triton.next_power_of_2(d // 2))
+                             BLOCK=triton.next_power_of_2(d // 2), PDL=pdl, launch_pdl=pdl)
     return x

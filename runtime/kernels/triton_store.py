@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime.kernels.pdl import pdl_enabled, wait_and_release
+
 
 @triton.jit
 def _store_kv_kernel(
@@ -13,8 +15,9 @@ def _store_kv_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_cp, stride_cs, stride_ch,
     KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, PAGE_SIZE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_and_release(PDL)
     # A tile is BLOCK_T tokens x BLOCK_C (kv_heads * BLOCK_D flattened) elements.
     toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -63,5 +66,5 @@ def store_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_T=block_t, BLOCK_C=block_c, PAGE_SIZE=k_cache.shape[1],
-        num_warps=4,
+        PDL=pdl_enabled(k.device), num_warps=4, launch_pdl=pdl_enabled(k.device),
     )  # fmt: skip

@@ -129,11 +129,15 @@ def _use_gemv(x: Tensor) -> bool:
 
 def _project(linear: nn.Linear, x: Tensor) -> Tensor:
     """`linear(x)`; one row on CUDA streams the weight through the GEMV kernel."""
+    return _matmul(x, linear.weight, linear.bias)
+
+
+def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if _use_gemv(x):
         from runtime.kernels.triton_linear import gemv
 
-        return gemv(x, linear.weight, linear.bias)
-    return linear(x)
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -228,7 +232,7 @@ class CausalLM(nn.Module):
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """(N, hidden) -> (N, vocab) float32, computed in the weights' dtype like transformers."""
         if self.lm_head is not None:
-            return self.lm_head(hidden).float()
+            return _project(self.lm_head, hidden).float()
         if self.packed_head is not None:
             return self.packed_head(hidden).float()
-        return F.linear(hidden, self.model.embed_tokens.weight).float()
+        return _matmul(hidden, self.model.embed_tokens.weight).float()

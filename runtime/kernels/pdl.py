@@ -16,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 # False turns PDL off for every later launch (A/B runs; set before CUDA graphs are captured).
 ENABLED = True
 

@@ -13,21 +13,10 @@ from runtime.engine.kv_pages import PrivatePages
 from runtime.engine.sampling import SamplingParams
 from runtime.errors import ContextTooLong, InvalidSampling, OutOfPages
 from runtime.kernels.torch_ref import TorchReferenceBackend
-from runtime.models import build_model
 
 CFG = ModelConfig(family="llama", vocab_size=97, hidden_size=64, intermediate_size=128,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                   max_position_embeddings=256)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = build_model(CFG)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.2)  # large enough that greedy paths differ between prompts
-    return m.eval()
 
 
 def make_engine(model, page_size=4, num_pages=256, chunk=5, kv=None):

@@ -17,7 +17,6 @@ from runtime.engine.kv_pages import PrivatePages
 from runtime.engine.sampling import SamplingParams
 from runtime.kernels.torch_ref import TorchReferenceBackend
 from tests.runtime.engine.test_engine import CFG, PROMPT
-from tests.runtime.engine.test_engine import model  # noqa: F401  (the module's fixture)
 
 
 def engine_for(model, pipeline: bool, page_size: int = 4, max_context: int | None = None):

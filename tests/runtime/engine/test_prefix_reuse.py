@@ -11,13 +11,13 @@ from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.sampling import SamplingParams
 from runtime.kernels.torch_ref import TorchReferenceBackend
 
-from .test_engine import CFG, PROMPT, greedy, make_engine, model  # noqa: F401
+from .test_engine import CFG, PROMPT, greedy, make_engine
 
 PAGE = 4
 FP = b"f" * 32
 
 
-def tiered_engine(model, disk, fingerprint=FP, device_pages=64, host_pages=64):  # noqa: F811
+def tiered_engine(model, disk, fingerprint=FP, device_pages=64, host_pages=64):
     layout = KVLayout(CFG.num_layers, CFG.num_kv_heads, CFG.head_dim, PAGE, torch.float32)
     kv = TieredKVCache(layout, device_pages, host_pages, fingerprint, disk_dir=disk)
     return Engine(model, kv, TorchReferenceBackend(), max_context=CFG.max_position_embeddings,
@@ -28,7 +28,7 @@ LONG = PROMPT * 3  # 33 tokens: 8 full pages
 
 
 @pytest.fixture
-def reference(model):  # noqa: F811
+def reference(model):
     return greedy(make_engine(model, page_size=PAGE), LONG, n=10)[0]
 
 
@@ -39,7 +39,7 @@ def run(engine, prompt=LONG, n=10):
     return tokens, result, seq
 
 
-def test_second_sequence_reuses_the_prefix(model, reference, tmp_path):  # noqa: F811
+def test_second_sequence_reuses_the_prefix(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path)
     first, r1, s1 = run(engine)
     second, r2, _ = run(engine)
@@ -51,7 +51,7 @@ def test_second_sequence_reuses_the_prefix(model, reference, tmp_path):  # noqa:
 
 
 @pytest.mark.parametrize("tier", ["host", "disk"])
-def test_exact_after_eviction(model, reference, tmp_path, tier):  # noqa: F811
+def test_exact_after_eviction(model, reference, tmp_path, tier):
     engine = tiered_engine(model, tmp_path)
     _, _, seq = run(engine)
     engine.release(seq)
@@ -61,7 +61,7 @@ def test_exact_after_eviction(model, reference, tmp_path, tier):  # noqa: F811
     assert result.cached_by_tier == {tier: (len(LONG) - 1) // PAGE * PAGE}
 
 
-def test_exact_after_a_restart_from_disk(model, reference, tmp_path):  # noqa: F811
+def test_exact_after_a_restart_from_disk(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path)
     run(engine)
     engine.kv.flush()
@@ -72,7 +72,7 @@ def test_exact_after_a_restart_from_disk(model, reference, tmp_path):  # noqa: F
     assert result.cached_by_tier == {"disk": (len(LONG) - 1) // PAGE * PAGE}
 
 
-def test_another_fingerprint_never_reuses(model, reference, tmp_path):  # noqa: F811
+def test_another_fingerprint_never_reuses(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path)
     run(engine)
     engine.kv.flush()
@@ -81,7 +81,7 @@ def test_another_fingerprint_never_reuses(model, reference, tmp_path):  # noqa: 
     assert result.cached_tokens == 0 and tokens == reference
 
 
-def test_corrupt_page_files_are_recomputed(model, reference, tmp_path):  # noqa: F811
+def test_corrupt_page_files_are_recomputed(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path)
     run(engine)
     engine.kv.flush()
@@ -97,7 +97,7 @@ def test_corrupt_page_files_are_recomputed(model, reference, tmp_path):  # noqa:
     assert 0 < result.cached_tokens < (len(LONG) - 1) // PAGE * PAGE
 
 
-def test_fork_and_truncate_exact_with_sharing(model, reference, tmp_path):  # noqa: F811
+def test_fork_and_truncate_exact_with_sharing(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path)
     seq = engine.new_sequence()
     engine.extend(seq, LONG)
@@ -113,7 +113,7 @@ def test_fork_and_truncate_exact_with_sharing(model, reference, tmp_path):  # no
     assert d == greedy(make_engine(model, page_size=PAGE), LONG[:13], n=10)[0]
 
 
-def test_small_device_pool_spills_and_stays_exact(model, reference, tmp_path):  # noqa: F811
+def test_small_device_pool_spills_and_stays_exact(model, reference, tmp_path):
     engine = tiered_engine(model, tmp_path, device_pages=12, host_pages=8)
     for _ in range(3):
         tokens, _, seq = run(engine)

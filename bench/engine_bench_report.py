@@ -77,21 +77,56 @@ def print_table(res: dict) -> None:
 
 
 def plot(res: dict, path: str) -> None:
+    """Bars for each goal's row, then time versus context length for decode and follow-ups."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = summary(res)
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
-    for ax, (what, m, bd, base, goal, met, base_name) in zip(axes.flat, rows):
+    fig = plt.figure(figsize=(18, 12))
+    grid = fig.add_gridspec(3, 4)
+    for i, (what, m, bd, base, goal, met, base_name) in enumerate(rows[:8]):
+        ax = fig.add_subplot(grid[i // 4, i % 4])
         names, vals = ["measured", "bound", base_name or "baseline", "goal"], [m, bd, base, goal]
         colors = ["tab:green" if met else "tab:red", "tab:gray", "tab:blue", "tab:orange"]
         ax.bar(names, [0 if math.isnan(v) else v for v in vals], color=colors)
-        for i, v in enumerate(vals):
+        for j, v in enumerate(vals):
             if not math.isnan(v):
-                ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+                ax.text(j, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_title(what, fontsize=10)
+    _plot_versus_context(res, fig.add_subplot(grid[2, :2]), fig.add_subplot(grid[2, 2:]))
     fig.suptitle(f"engine on {res.get('machine', {}).get('gpu', '?')}, Qwen2.5-7B shape, bf16")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_versus_context(res: dict, decode_ax, turn_ax) -> None:
+    """Decode ms per token and follow-up / prefill seconds against tokens in context."""
+    points = [_get(res, "decode", "b1_1k", "context"), _get(res, "decode", "b1_128k", "context"),
+              _get(res, "long", "b1_1m", "context")]  # fmt: skip
+    keys = [("decode", "b1_1k"), ("decode", "b1_128k"), ("long", "b1_1m")]
+    for field, label, style in (("graph_tok_s", "ours (CUDA graphs)", "o-"),
+                                ("bound_tok_s", "bound (HBM)", "k--"),
+                                ("eager_tok_s", "ours, eager", "x:")):  # fmt: skip
+        ms = [1e3 / _get(res, *k, field) for k in keys]
+        decode_ax.plot(points, ms, style, label=label)
+    hf_ms = _get(res, "hf", "decode_128k_ms")
+    if not math.isnan(hf_ms):
+        decode_ax.plot([points[1]], [hf_ms], "s", color="tab:blue", label="transformers")
+    decode_ax.set(xscale="log", yscale="log", xlabel="tokens in context",
+                  ylabel="ms per token (batch 1)", title="decode time versus context length")
+    decode_ax.legend(fontsize=8)
+    follow = [(_get(res, "decode", "b1_128k", "context"),
+               min(res.get("decode", {}).get("follow_up_2k_on_128k_runs_s") or [math.nan])),
+              (_get(res, "long", "resident_tokens"), _get(res, "long", "follow_up_ttft_s"))]
+    turn_ax.plot([c for c, _ in follow], [t for _, t in follow], "o-",
+                 label="2K-token follow-up, first token (ours)")  # fmt: skip
+    prefill = [(n * 1024, _get(res, "hf", f"prefill_{n}k_s")) for n in (32, 128)]
+    turn_ax.plot([n for n, _ in prefill], [t for _, t in prefill], "s--", color="tab:blue",
+                 label="prefill, transformers")  # fmt: skip
+    turn_ax.plot([_get(res, "config", "long")], [_get(res, "prefill", "measured_s")], "o",
+                 color="tab:green", label="prefill, ours")  # fmt: skip
+    turn_ax.set(xscale="log", yscale="log", xlabel="tokens in context", ylabel="seconds",
+                title="turn time versus context length")
+    turn_ax.legend(fontsize=8)

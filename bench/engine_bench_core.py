@@ -38,6 +38,8 @@ GOALS = {  # from the issues: seconds (lower is better) or tokens/s (higher is b
     "decode_1m_tok_s": 48.0,
     "restore_fraction_of_copy": 0.8,
     "write_through_slowdown": 0.05,
+    "extend_1m_tflops": 400.0,
+    "decode_attention_1m_tbps": 3.5,
 }
 
 

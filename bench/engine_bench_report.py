@@ -46,6 +46,12 @@ def summary(res: dict) -> list[tuple[str, float, float, float, float, bool | Non
          g("restore", "prefill_disk_off_s"), nan,
          g("restore", "prefill_disk_off_s") * (1 + GOALS["write_through_slowdown"]), "lower",
          ""),
+        ("extend attn 2K over 1M (TFLOP/s)", g("kernels", "extend_1m", "triton", "TFLOPs"),
+         g("ceilings", "matmul_TFLOPs"), g("kernels", "extend_1m", "sdpa_flash_causal", "TFLOPs"),
+         GOALS["extend_1m_tflops"], "higher", "SDPA flash"),
+        ("decode attn over 1M (TB/s)", g("kernels", "decode_1m", "triton_graph", "TBps"),
+         g("ceilings", "copy_TBps"), g("kernels", "decode_1m", "sdpa_flash_nomask", "TBps"),
+         GOALS["decode_attention_1m_tbps"], "higher", "SDPA flash"),
     ]  # fmt: skip
     out = []
     for what, measured, bound, base, goal, better, base_name in rows:
@@ -84,9 +90,9 @@ def plot(res: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary(res)
-    fig = plt.figure(figsize=(18, 12))
-    grid = fig.add_gridspec(3, 4)
-    for i, (what, m, bd, base, goal, met, base_name) in enumerate(rows[:8]):
+    fig = plt.figure(figsize=(18, 16))
+    grid = fig.add_gridspec(4, 4)
+    for i, (what, m, bd, base, goal, met, base_name) in enumerate(rows[:12]):
         ax = fig.add_subplot(grid[i // 4, i % 4])
         names, vals = ["measured", "bound", base_name or "baseline", "goal"], [m, bd, base, goal]
         colors = ["tab:green" if met else "tab:red", "tab:gray", "tab:blue", "tab:orange"]
@@ -95,7 +101,7 @@ def plot(res: dict, path: str) -> None:
             if not math.isnan(v):
                 ax.text(j, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_title(what, fontsize=10)
-    _plot_versus_context(res, fig.add_subplot(grid[2, :2]), fig.add_subplot(grid[2, 2:]))
+    _plot_versus_context(res, fig.add_subplot(grid[3, :2]), fig.add_subplot(grid[3, 2:]))
     fig.suptitle(f"engine on {res.get('machine', {}).get('gpu', '?')}, Qwen2.5-7B shape, bf16")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

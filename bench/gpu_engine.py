@@ -96,6 +96,16 @@ def part_ceilings(b: Bench, out: dict) -> None:
           f"H2D pinned {out['h2d_pinned_GBps']:.1f} GB/s", flush=True)  # fmt: skip
 
 
+def part_kernels(b: Bench, out: dict) -> None:
+    """The kernel goals, by bench/gpu_kernels.py's code: extend attention of 2K queries over 1M
+    keys (TFLOP/s) and batch-1 decode attention over 1M keys (TB/s), SDPA beside them."""
+    import gpu_kernels
+
+    out["extend_1m"] = gpu_kernels.bench_extend([1 << 20], 2048, tune=False)[0]
+    out["decode_1m"] = gpu_kernels.bench_decode([(1, 1 << 20)], tune=False)[0]
+    b.free()
+
+
 def part_prefill(b: Bench, out: dict, engine: Engine, cfg: ModelConfig) -> Sequence:
     """128K prefill at each chunk size; returns the last run's sequence (kept for decode)."""
     n = b.args.long
@@ -380,7 +390,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--plot", default=None, help="write a PNG summary here")
-    ap.add_argument("--parts", default="ceilings,hf,prefill,decode,long,restore")
+    ap.add_argument("--parts", default="ceilings,kernels,hf,prefill,decode,long,restore")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and sizes (CPU smoke test)")
     ap.add_argument("--disk-dir", default=None, help="local disk for page files (default: /tmp)")
@@ -398,6 +408,9 @@ def main() -> None:
     if b.wants("ceilings"):
         with b.part("ceilings") as out:
             part_ceilings(b, out)
+    if b.wants("kernels") and b.cuda and not args.tiny:
+        with b.part("kernels") as out:
+            part_kernels(b, out)
     took, model = b.timed(lambda: build(b, cfg))
     b.res["build_s"] = took
     print(f"built the model in {took:.1f} s", flush=True)

@@ -127,9 +127,12 @@ def _use_gemv(x: Tensor) -> bool:
     return DECODE_GEMV and x.is_cuda and x.shape[0] == 1
 
 
-def _project(linear: nn.Linear, x: Tensor) -> Tensor:
-    """`linear(x)`; one row on CUDA streams the weight through the GEMV kernel."""
-    return _matmul(x, linear.weight, linear.bias)
+def _project(linear: nn.Module, x: Tensor) -> Tensor:
+    """`linear(x)`; one row on CUDA streams the weight through the GEMV kernel. Off that path
+    the module itself runs (on CPU it may be a OneDnnLinear holding packed weights)."""
+    if _use_gemv(x):
+        return _matmul(x, linear.weight, linear.bias)
+    return linear(x)
 
 
 def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

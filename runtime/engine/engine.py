@@ -267,10 +267,8 @@ class Engine:
         pipeline = self.config.pipeline_decode
         if pipeline is None:
             pipeline = self.device.type == "cuda"
-        # Constraints need the host to see each token before masking the next; a full context
-        # leaves no position for the forward queued ahead of the first token.
-        if pipeline and all(r.params.constraint is None and len(r.seq.tokens) < r.max_len
-                            for r in reqs):  # fmt: skip
+        # A full context leaves no position for the forward queued ahead of the first token.
+        if pipeline and all(len(r.seq.tokens) < r.max_len for r in reqs):
             yield from self._decode_pipelined(reqs)
             return
         while active := [r for r in reqs if not r.finished]:
@@ -281,41 +279,43 @@ class Engine:
 
         Tokens are sampled on the device; step j's forward is queued with step j's token still
         on the device, and only then does the host wait for that token (its copy finishes when
-        step j-1's forward does), append it, check stops and yield, while step j runs. A row
-        that ends on a stop token or string has had its forward run one step early: its KV and
-        logits are kept (num_computed = len(tokens)), so nothing is wasted but one forward.
-        Rows that end by length or context are known before and are not run.
+        step j-1's forward does), append it, check stops, advance constraints, and queue the
+        sampling of token j+1 from step j's logits (masked by constraints that have now seen
+        token j), all while step j runs. A row that ends on a stop token or string has had
+        its forward run one step early: its KV and logits are kept (num_computed =
+        len(tokens)), so nothing is wasted but one forward. Rows that end by length or context
+        are known before and are not run.
         """
         running = [r for r in reqs if not r.finished]
-        logits = torch.stack([r.seq.last_logits for r in running])
-        tokens = self.sampler.sample_on_device(logits, [r.params for r in running],
-                                               [r.req_id for r in running])  # fmt: skip
+        tokens = self._sample_on_device(running)
         while running:
             fetch = _HostCopy(tokens)
-            go = [i for i, r in enumerate(running) if _may_continue(r)]
-            logits = None
+            rows = [i for i, r in enumerate(running) if _may_continue(r)]
+            go = [running[i] for i in rows]
             if go:
-                work = [Work(running[i].seq, len(running[i].seq.tokens),
-                             len(running[i].seq.tokens) + 1, True) for i in go]  # fmt: skip
+                work = [Work(r.seq, len(r.seq.tokens), len(r.seq.tokens) + 1, True) for r in go]
                 for w in work:
                     self._ensure_pages(w.seq, w.end)
-                ids = tokens if len(go) == len(running) else tokens[self._index(go)]
+                ids = tokens if len(go) == len(running) else tokens[self._index(rows)]
                 logits = self.runner.run(work, ids=ids)
-                tokens = self.sampler.sample_on_device(
-                    logits, [running[i].params for i in go], [running[i].req_id for i in go])
-            row_of = {i: row for row, i in enumerate(go)}
+            launched = {id(r): row for row, r in enumerate(go)}
             events = []
-            for i, (req, token) in enumerate(zip(running, fetch.wait())):
+            for req, token in zip(running, fetch.wait()):
                 events.append(self._postprocess(req, token))
-                if i in row_of:  # its forward is queued: KV and logits of this token
+                row = launched.get(id(req))
+                if row is not None:  # its forward is queued: KV and logits of this token
                     req.seq.num_computed = len(req.seq.tokens)
-                    req.seq.last_logits = logits[row_of[i]]
+                    req.seq.last_logits = logits[row]
                     self._seal_full_pages(req.seq)
-            keep = [row_of[i] for i, r in enumerate(running) if not r.finished]
-            if len(keep) < len(go):
-                tokens = tokens[self._index(keep)]
             running = [r for r in running if not r.finished]
+            if running:
+                tokens = self._sample_on_device(running)
             yield from events
+
+    def _sample_on_device(self, reqs: list[Request]) -> torch.Tensor:
+        logits = torch.stack([r.seq.last_logits for r in reqs])
+        return self.sampler.sample_on_device(logits, [r.params for r in reqs],
+                                             [r.req_id for r in reqs])  # fmt: skip
 
     def _index(self, rows: list[int]) -> torch.Tensor:
         return self.runner.to_device(rows)

@@ -64,6 +64,8 @@ def _apply_constraints(logits: torch.Tensor, params: list[SamplingParams]) -> to
     for row, p in zip(logits, params):
         mask = p.constraint.allowed(row.numel()) if p.constraint is not None else None
         if mask is not None:
+            if row.is_cuda:  # from pinned memory the upload does not wait for the GPU
+                mask = mask.pin_memory().to(row.device, non_blocking=True)
             row.masked_fill_(~mask.to(row.device), float("-inf"))
     return logits
 

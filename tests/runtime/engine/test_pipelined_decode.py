@@ -126,3 +126,40 @@ def test_closing_the_stream_early_leaves_a_consistent_sequence(model):
     reference = engine_for(model, False)
     want, _ = run(reference, PROMPT, SamplingParams(max_tokens=10))
     assert first + rest == [e.token_id for e in want]
+
+
+class NoRepeat:
+    """Forbids the token just produced (the mask depends on the last token); 9 tokens, then
+    finished. Fails if asked for a mask before it has seen the previous token."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.asked = 0
+
+    def allowed(self, vocab_size):
+        assert self.asked == len(self.seen), "mask asked for before the last token was seen"
+        self.asked += 1
+        mask = torch.ones(vocab_size, dtype=torch.bool)
+        if self.seen:
+            mask[self.seen[-1]] = False
+        return mask
+
+    def advance(self, token):
+        self.seen.append(token)
+
+    def finished(self):
+        return len(self.seen) == 9
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_constrained_requests_pipeline_alike(model, temperature):
+    results = []
+    for pipeline in (False, True):
+        params = SamplingParams(max_tokens=30, temperature=temperature, seed=5,
+                                constraint=NoRepeat())  # fmt: skip
+        events, _ = run(engine_for(model, pipeline), PROMPT, params)
+        results.append(([e.token_id for e in events], events[-1].finish_reason))
+    assert results[1] == results[0]
+    tokens, reason = results[1]
+    assert reason == "stop" and len(tokens) == 9
+    assert all(a != b for a, b in zip(tokens, tokens[1:]))

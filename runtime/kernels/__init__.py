@@ -7,6 +7,8 @@ Files:
 - triton_decode.py: paged split-KV decode attention and the log-sum-exp merge.
 - triton_store.py: the KV store into pages.
 - triton_norm.py: fused residual-add + RMSNorm, and in-place RoPE (the GPU decode path).
+- triton_linear.py: the batch-1 GEMV (bias, SiLU * up prologue) and silu_mul.
+- pdl.py: programmatic dependent launch for the decode-path kernels (Hopper and later).
 - triton_backend.py: TritonBackend, the kernels above behind the contract.
 - flash_attn_backend.py: FlashAttnBackend over flash-attn's paged API (optional install).
 """

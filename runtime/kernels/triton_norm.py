@@ -54,33 +54,39 @@ def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 @triton.jit
-def _rope_kernel(x_ptr, cos_ptr, sin_ptr, stride_t, stride_h, half, cs_stride,
-                 BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _rope_kernel(x_ptr, cos_ptr, sin_ptr, n_tokens, stride_t, stride_h, half, cs_stride,
+                 BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     wait_and_release(PDL)
-    t = tl.program_id(0)
+    toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
-    mask = offs < half
-    base = x_ptr + t * stride_t + h * stride_h
-    x1 = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + half + offs, mask=mask, other=0.0).to(tl.float32)
-    c = tl.load(cos_ptr + t * cs_stride + offs, mask=mask, other=0.0)
-    s = tl.load(sin_ptr + t * cs_stride + offs, mask=mask, other=0.0)
+    mask = (toks < n_tokens)[:, None] & (offs < half)[None, :]
+    t64 = toks.to(tl.int64)[:, None]
+    base = x_ptr + t64 * stride_t + h * stride_h + offs[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + half, mask=mask, other=0.0).to(tl.float32)
+    cs = t64 * cs_stride + offs[None, :]
+    c = tl.load(cos_ptr + cs, mask=mask, other=0.0)
+    s = tl.load(sin_ptr + cs, mask=mask, other=0.0)
     dt = x_ptr.dtype.element_ty
-    tl.store(base + offs, (x1 * c - x2 * s).to(dt), mask=mask)
-    tl.store(base + half + offs, (x2 * c + x1 * s).to(dt), mask=mask)
+    tl.store(base, (x1 * c - x2 * s).to(dt), mask=mask)
+    tl.store(base + half, (x2 * c + x1 * s).to(dt), mask=mask)
 
 
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x `(T, H, D)` in place by cos/sin `(T, D/2)` fp32 (HF's rotate-half); returns x.
 
     Rows may be strided (views into a fused qkv output); each head's D values must be
-    contiguous."""
+    contiguous. A program rotates one head of up to 16 tokens (a prefill chunk of 16K tokens
+    is 1K x heads programs, not 16K x heads)."""
     t, h, d = x.shape
     assert x.stride(2) == 1, "head values must be contiguous"
     if t and h:
         cos, sin = cos.contiguous(), sin.contiguous()
         pdl = pdl_enabled(x.device)
-        _rope_kernel[(t, h)](x, cos, sin, x.stride(0), x.stride(1), d // 2, cos.stride(0),
-                             BLOCK=triton.next_power_of_2(d // 2), PDL=pdl, launch_pdl=pdl)
+        block_t = min(16, triton.next_power_of_2(t))
+        _rope_kernel[(triton.cdiv(t, block_t), h)](
+            x, cos, sin, t, x.stride(0), x.stride(1), d // 2, cos.stride(0),
+            BLOCK_T=block_t, BLOCK=triton.next_power_of_2(d // 2), PDL=pdl, launch_pdl=pdl,
+        )  # fmt: skip
     return x

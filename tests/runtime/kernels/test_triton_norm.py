@@ -33,7 +33,7 @@ def test_add_rmsnorm_matches(t, n, with_residual):
     torch.testing.assert_close(new_res, ref_res)
 
 
-@pytest.mark.parametrize("t,h,d", [(1, 3, 64), (4, 2, 16), (7, 5, 80)])
+@pytest.mark.parametrize("t,h,d", [(1, 3, 64), (4, 2, 16), (7, 5, 80), (37, 2, 32)])
 def test_rope_in_place_matches(t, h, d):
     torch.manual_seed(t + h + d)
     qkv = torch.randn(t, (h + 2) * d, device=DEVICE)

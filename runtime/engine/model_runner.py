@@ -60,11 +60,9 @@ class ModelRunner:
         they are read from `seq.tokens`."""
         if self.graphs is not None and self.graphs.accepts(work):
             return self._wanted(self.graphs.run(work, ids), work)
-        given = ids
-        ids, positions, meta = self._prepare(work, with_ids=given is None)
-        if given is not None:
-            ids = given
-        hidden = self.model(ids, positions, ForwardContext(self.backend, self.kv_views, meta))
+        host_ids, positions, meta = self._prepare(work, with_ids=ids is None)
+        hidden = self.model(host_ids if ids is None else ids, positions,
+                            ForwardContext(self.backend, self.kv_views, meta))
         ends = itertools.accumulate(meta.query_lens_cpu)
         rows = [end - 1 for end, w in zip(ends, work) if w.want_logits]
         if not rows:

@@ -66,7 +66,7 @@ def _apply_constraints(logits: torch.Tensor, params: list[SamplingParams]) -> to
         if mask is not None:
             if row.is_cuda:  # from pinned memory the upload does not wait for the GPU
                 mask = mask.pin_memory().to(row.device, non_blocking=True)
-            row.masked_fill_(~mask.to(row.device), float("-inf"))
+            row.masked_fill_(~mask, float("-inf"))
     return logits
 
 

@@ -238,6 +238,21 @@ def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
     return out
 
 
+def split_buffers(out: torch.Tensor, num_splits: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Per-split partial outputs `(T, H, S, D)` and base-2 LSEs `(T, H, S)` in fp32 for an
+    output `(T, H, D)`, and their strides as the kernels take them; with one split the kernel
+    writes `out` directly and the buffers are placeholders."""
+    if num_splits == 1:
+        return out, out, (0, 0, 0, 0, 0)
+    t, h, d = out.shape
+    partial = torch.empty((t, h, num_splits, d), dtype=torch.float32, device=out.device)
+    lse = torch.empty((t, h, num_splits), dtype=torch.float32, device=out.device)
+    strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
+               lse.stride(1))  # fmt: skip
+    return partial, lse, strides
+
+
 def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """Assert the layout the kernels rely on (shared strides, contiguous head_dim, GQA)."""
     assert k_cache.dim() == 4, "cache views are [num_pages, page_size, kv_heads, head_dim]"
@@ -280,16 +295,7 @@ def decode_attention(
     if batch == 0:
         return out
     direct = num_splits == 1
-    if direct:
-        partial, lse = out, out  # unused by the kernel
-        p_strides = (0, 0, 0, 0, 0)
-    else:
-        partial = torch.empty(
-            (batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
-        )
-        lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-        p_strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
-                     lse.stride(1))  # fmt: skip
+    partial, lse, p_strides = split_buffers(out, num_splits)
     _decode_kernel[(num_splits, kv_heads, batch)](
         q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens,
         scale * LOG2E,

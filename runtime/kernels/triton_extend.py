@@ -22,7 +22,14 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from runtime.kernels.triton_decode import LOG2E, check_cache, load_tile, merge_splits, num_sms
+from runtime.kernels.triton_decode import (
+    LOG2E,
+    check_cache,
+    load_tile,
+    merge_splits,
+    num_sms,
+    split_buffers,
+)
 from runtime.kernels.triton_decode import page_rows as _page_rows
 
 MIN_SPLIT_KEYS = 8192  # below this a split's partial write and merge cost more than it saves
@@ -279,17 +286,8 @@ def extend_attention(
         num_splits = 1
         if max_seq_len is not None:
             num_splits = extend_num_splits(num_tiles * kv_heads * batch, max_seq_len, q.device)
-    if num_splits == 1:
-        partial, lse = out, out  # unused by the kernel
-        p_strides = (0, 0, 0, 0, 0)
-    else:
-        partial = torch.empty(
-            (total, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
-        )
-        # Rows no split reaches keep -inf weight; every valid row is reached by split 0.
-        lse = torch.empty((total, num_heads, num_splits), dtype=torch.float32, device=q.device)
-        p_strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
-                     lse.stride(1))  # fmt: skip
+    # Every valid row is reached by split 0; the merge weighs a split that saw none at zero.
+    partial, lse, p_strides = split_buffers(out, num_splits)
     use_tma = (
         cfg.tma and page_size % cfg.block_n == 0 and triton.next_power_of_2(head_dim) == head_dim
     )

@@ -148,7 +148,8 @@ def run(args, layout, fp, root, n, pb, total) -> dict:
             arg.close()
 
     host = HostPagePool(layout, n, pin_memory=args.device.startswith("cuda"))
-    host.data.view(torch.uint8).fill_(1)
+    for slot in range(n):
+        host.slot_bytes(slot).fill(1)
     tiers = {t: DiskTier(root, fp, pb, read_threads=t) for t in args.threads}
     outs = [host.slot_bytes(s) for s in range(n)]
     for _ in range(args.repeats):
@@ -187,7 +188,8 @@ def _fresh_cache(layout, n, fp, root, device) -> TieredKVCache:
     """A new process's cache, its memory touched already (as a long-lived pool's would be)."""
     cache = TieredKVCache(layout, n, n, fp, root, None, device)
     cache.pool.data.view(torch.uint8).fill_(1)
-    cache.host.data.view(torch.uint8).fill_(1)
+    for slot in range(n):
+        cache.host.slot_bytes(slot).fill(1)
     return cache
 
 

@@ -51,6 +51,7 @@ _CRC = struct.Struct("<I")
 _FATAL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 _SUFFIX = ".page"
 _TMP_SUFFIX = ".tmp"
+_KEPT = (_SUFFIX, ".tail")  # files the budget counts and gc may delete (pages and tails)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,28 @@ class DiskTier:
             _unlink(tmp)
             self._write_failed(e, final)
             return None
+
+    def write_file(self, final: Path, chunks) -> bool:
+        """Write `chunks` (bytes-likes) as `final` atomically and durably (temp file, fsync,
+        rename, directory fsync); failures follow the tier's error policy. True if written."""
+        tmp = final.parent / f".{final.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+        try:
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                for chunk in chunks:
+                    _write_all(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            _unlink(tmp)
+            self._write_failed(e, final)
+            return False
+        if not self._rename(tmp, final):
+            return False
+        self._fsync_dir(final.parent)
+        return True
 
     def _rename(self, tmp: Path, final: Path) -> bool:
         try:
@@ -299,7 +322,7 @@ class DiskTier:
 
     def stats(self) -> DiskStats:
         files = _scan(self.kv_root)
-        pages = [f for f in files if f.name.endswith(_SUFFIX)]
+        pages = [f for f in files if f.name.endswith(_KEPT)]
         own = [f for f in pages if f.parent.parent == self.dir]
         return DiskStats(
             len(pages),
@@ -318,7 +341,7 @@ class DiskTier:
         removed, removed_bytes = 0, 0
         pages = []
         for f in files:
-            if not f.name.endswith(_SUFFIX):
+            if not f.name.endswith(_KEPT):
                 if f.name.endswith(_TMP_SUFFIX) and now - f.mtime >= tmp_max_age:
                     removed += _unlink(f.path)
             else:
@@ -343,15 +366,18 @@ class DiskTier:
         self._pool.shutdown(wait=True)
 
     def _account(self, new_pages: int) -> None:
+        self.account_bytes(new_pages * (HEADER_BYTES + self.page_bytes))
+
+    def account_bytes(self, new_bytes: int) -> None:
         """Keep the size estimate and collect garbage past `max_bytes` (down to 90% of it)."""
-        if self.max_bytes is None or not new_pages:
+        if self.max_bytes is None or not new_bytes:
             return
         with self._lock:
             known = self._approx_bytes
             if known is not None:
-                self._approx_bytes = known + new_pages * (HEADER_BYTES + self.page_bytes)
+                self._approx_bytes = known + new_bytes
         if known is None:
-            known = sum(f.size for f in _scan(self.kv_root) if f.name.endswith(_SUFFIX))
+            known = sum(f.size for f in _scan(self.kv_root) if f.name.endswith(_KEPT))
             with self._lock:
                 self._approx_bytes = known
         if (self._approx_bytes or 0) > self.max_bytes:

@@ -8,52 +8,96 @@ page being copied out. On CPU every copy is synchronous and the fences are no-op
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from memory.kv_layout import KVLayout
 
+log = logging.getLogger(__name__)
+
 _PRUNE_FENCES_AT = 1024  # completed events are dropped once this many are kept
+CHUNK_BYTES = 1 << 30  # host memory is allocated (and pinned) a chunk at a time, when first used
 
 
 class HostPagePool:
-    """`num_pages` slots shaped `[num_pages, *layout.page_shape]` in host memory.
+    """`num_pages` slots of `layout.page_shape` in host memory.
 
-    Slot ids are plain ints; `alloc`/`free` touch only the free list. `slot_bytes(slot)` is a
-    writable uint8 view of one slot for disk I/O; call `sync_slots` before the CPU reads or
-    writes a slot that a copy may still be using. The tensor is never reallocated.
+    Slot ids are plain ints; `alloc`/`free` touch only the free list. Memory comes in chunks of
+    about CHUNK_BYTES, allocated (pinned on CUDA) when `alloc` first hands out one of their
+    slots, so a large host tier costs nothing at start-up; a chunk the host refuses to pin is
+    pageable instead (one warning: copies are slower, nothing else changes). `slot(s)` is a
+    slot's tensor, `slot_bytes(s)` a writable uint8 view of it for disk I/O; call `sync_slots`
+    before the CPU reads or writes a slot that a copy may still be using.
     """
 
     def __init__(self, layout: KVLayout, num_pages: int, pin_memory: bool | None = None):
         assert num_pages > 0, "a host pool needs at least one page"
-        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.layout = layout
         self.num_pages = num_pages
-        self.data = torch.empty((num_pages, *layout.page_shape), dtype=layout.dtype, pin_memory=pin)
-        flat = self.data.view(-1).view(torch.uint8)
-        self._bytes = flat.numpy().reshape(num_pages, layout.page_bytes)  # shares memory
+        self._pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._per_chunk = max(1, CHUNK_BYTES // layout.page_bytes)
+        n_chunks = -(-num_pages // self._per_chunk)
+        self._chunks: list[torch.Tensor | None] = [None] * n_chunks
+        self._chunk_bytes: list[np.ndarray | None] = [None] * n_chunks
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
         self._stream: torch.cuda.Stream | None = None
         self._slot_fence: dict[int, torch.cuda.Event] = {}  # slot -> last copy touching it
         self._page_fence: dict[int, torch.cuda.Event] = {}  # device page -> copy reading it
+        self._materialize(0)
 
     @property
     def num_free(self) -> int:
         return len(self._free)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Host memory the chunks made so far hold."""
+        return sum(c.numel() * c.element_size() for c in self._chunks if c is not None)
 
     def alloc(self, n: int) -> list[int]:
         """Take `n` free slots; asserts that enough are free (the caller evicts first)."""
         assert n <= len(self._free), f"need {n} host slots, {len(self._free)} free"
         taken = self._free[len(self._free) - n :]
         del self._free[len(self._free) - n :]
+        for chunk in {s // self._per_chunk for s in taken}:
+            self._materialize(chunk)
         return taken[::-1]
 
     def free(self, slots: list[int]) -> None:
         self._free.extend(slots)
 
+    def slot(self, s: int) -> torch.Tensor:
+        """One slot, `layout.page_shape` (a view into its chunk)."""
+        return self._materialize(s // self._per_chunk)[s % self._per_chunk]
+
     def slot_bytes(self, slot: int) -> np.ndarray:
         """The raw bytes of one slot (uint8, writable, no copy)."""
-        return self._bytes[slot]
+        self._materialize(slot // self._per_chunk)
+        return self._chunk_bytes[slot // self._per_chunk][slot % self._per_chunk]
+
+    def _materialize(self, chunk: int) -> torch.Tensor:
+        t = self._chunks[chunk]
+        if t is not None:
+            return t
+        n = min(self._per_chunk, self.num_pages - chunk * self._per_chunk)
+        t = self._allocate((n, *self.layout.page_shape))
+        self._chunks[chunk] = t
+        self._chunk_bytes[chunk] = t.view(-1).view(torch.uint8).numpy().reshape(
+            n, self.layout.page_bytes)  # shares memory
+        return t
+
+    def _allocate(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self._pin:
+            try:
+                return torch.empty(shape, dtype=self.layout.dtype, pin_memory=True)
+            except RuntimeError as e:
+                self._pin = False
+                log.warning("cannot pin more host memory for the KV host tier (%s); the rest "
+                            "of it is pageable, which copies more slowly. Lower --host-memory "
+                            "to stay within what the host can pin.", str(e).splitlines()[0])
+        return torch.empty(shape, dtype=self.layout.dtype)
 
     # -- copies ------------------------------------------------------------------------------
 
@@ -67,13 +111,13 @@ class HostPagePool:
         """
         if src.device.type != "cuda":
             for p, s in zip(pages, slots, strict=True):
-                self.data[s].copy_(src[p])
+                self.slot(s).copy_(src[p])
             return None
         stream = self._copy_stream(src.device)
         stream.wait_stream(torch.cuda.current_stream(src.device))  # the kernels writing them
         with torch.cuda.stream(stream):
             for p, s in zip(pages, slots, strict=True):
-                self.data[s].copy_(src[p], non_blocking=True)
+                self.slot(s).copy_(src[p], non_blocking=True)
             ev = torch.cuda.Event()
             ev.record(stream)
         self._fence(slots, pages, ev)
@@ -84,7 +128,7 @@ class HostPagePool:
         them. The slots must not be written by the CPU before `sync_slots` says so."""
         if dst.device.type != "cuda":
             for s, p in zip(slots, pages, strict=True):
-                dst[p].copy_(self.data[s])
+                dst[p].copy_(self.slot(s))
             return
         self.before_device_reuse(pages)
         current = torch.cuda.current_stream(dst.device)
@@ -92,7 +136,7 @@ class HostPagePool:
         stream.wait_stream(current)  # whatever last used these device pages is done
         with torch.cuda.stream(stream):
             for s, p in zip(slots, pages, strict=True):
-                dst[p].copy_(self.data[s], non_blocking=True)
+                dst[p].copy_(self.slot(s), non_blocking=True)
             ev = torch.cuda.Event()
             ev.record(stream)
         current.wait_event(ev)

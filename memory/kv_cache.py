@@ -16,6 +16,7 @@ from memory.host_pool import HostPagePool
 from memory.kv_layout import KVLayout
 from memory.placement import OutOfPages, Placement
 from memory.prefix_index import PageEntry, PrefixIndex
+from memory.tail_store import TailStore
 from memory.write_through import WriteThrough
 
 __all__ = ["Acquired", "OutOfPages", "PrefixHit", "TieredKVCache"]
@@ -104,6 +105,8 @@ class TieredKVCache:
                 read_threads=read_threads,
             )
             self.writer = WriteThrough(self.disk, write_queue)
+        # Partial last pages and last logits, so a resume recomputes nothing (tail_store.py).
+        self.tails: TailStore | None = TailStore(self.disk, layout) if self.disk else None
         self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
         self.tiers = Placement(self.pool, self.host, self.index, self.disk, self.writer)
         # A CPU "device" is host memory: disk pages are read straight into it (tests may turn
@@ -299,8 +302,11 @@ class TieredKVCache:
     # -- durability ----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Return once every sealed page is durable on disk (or its write failed, logged)."""
+        """Return once every sealed page and saved tail is durable on disk (or its write
+        failed, logged)."""
         self.tiers.flush()
+        if self.tails is not None:
+            self.tails.flush()
 
     def evict_all_to_host(self) -> None:
         """Move every unpinned device page down a tier (tests and benchmarks)."""
@@ -367,6 +373,8 @@ class TieredKVCache:
     def close(self) -> None:
         """Flush and stop the background threads."""
         self.flush()
+        if self.tails is not None:
+            self.tails.close()
         if self.writer is not None:
             self.writer.close()
             self.disk.close()

@@ -29,3 +29,8 @@ class InvalidSampling(RuntimeError_):
 
 class OutOfPages(RuntimeError_):
     """The KV page pool has no free page left for a sequence."""
+
+
+class OutOfMemory(RuntimeError_):
+    """The model, or the context asked for, does not fit the device (message gives the numbers
+    and the flag that changes them)."""

@@ -41,6 +41,7 @@ class ExtendResult:
     cached_by_tier: dict[str, int]
     computed_tokens: int
     seconds: float
+    restore_seconds: float = 0.0  # of `seconds`, bringing cached pages and the tail back
 
 
 @dataclass
@@ -135,31 +136,82 @@ class Engine:
 
         `progress(done, total)` is called after each prefill chunk with the tokens computed."""
         start = time.perf_counter()
+        result = self.restore(seq, ids)
+        self._need_logits(seq)
+        result.computed_tokens = seq.num_pending
+        self._compute_pending([seq], progress)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def restore(self, seq: Sequence, ids: list[int]) -> ExtendResult:
+        """Append ids and bring back what the cache tiers hold of a fresh sequence (full pages
+        and its saved tail), computing nothing: pending tokens are computed by the next
+        `extend` or `generate` together with what comes after them, in the chunks the
+        original process used (bf16 results depend on chunk boundaries)."""
+        start = time.perf_counter()
         total = len(seq.tokens) + len(ids)
         if total > self.max_context:
             raise ContextTooLong(
-                f"prompt is {total} tokens but the model's context is {self.max_context}; "
-                "shorten the prompt or use a model with a longer context")
+                f"the context would be {total:,} tokens but this session may grow to "
+                f"{self.max_context:,}; shorten the prompt, start a new session, or raise "
+                "--max-context (within the model's window and --gpu-memory)")
         seq.tokens.extend(ids)
-        by_tier = self._reuse_prefix(seq)
-        self._need_logits(seq)
-        computed = seq.num_pending
-        self._compute_pending([seq], progress)
-        cached = sum(by_tier.values()) * self.page_size
-        return ExtendResult(len(ids), cached, {k: v * self.page_size for k, v in by_tier.items()},
-                            computed, time.perf_counter() - start)
+        pages, complete = self._reuse_prefix(seq)
+        by_tier = {k: v * self.page_size for k, v in pages.items()}
+        tail = self._restore_tail(seq) if complete else 0
+        if tail:
+            by_tier["disk"] = by_tier.get("disk", 0) + tail
+        cached = sum(by_tier.values())
+        took = time.perf_counter() - start
+        return ExtendResult(len(ids), cached, by_tier, seq.num_pending, took, restore_seconds=took)
 
-    def _reuse_prefix(self, seq: Sequence) -> dict[str, int]:
-        """A fresh sequence picks up its longest cached prefix of full pages from any tier."""
+    def _reuse_prefix(self, seq: Sequence) -> tuple[dict[str, int], bool]:
+        """A fresh sequence picks up its longest cached prefix of full pages from any tier;
+        returns the pages served per tier and whether every full page came back."""
         if not self.kv.prefix_caching or seq.num_computed or len(seq.table):
-            return {}
-        n_full = (len(seq.tokens) - 1) // self.page_size  # keep one token to compute logits
+            return {}, False
+        n_full = len(seq.tokens) // self.page_size
         hashes = self._chain(seq.tokens, n_full)
         got = self.kv.acquire(hashes)
         seq.table.append(got.pages)
         seq.hashes = hashes[: len(got.pages)]
         seq.num_computed = len(got.pages) * self.page_size
-        return got.by_tier
+        return got.by_tier, len(got.pages) == n_full
+
+    def _restore_tail(self, seq: Sequence) -> int:
+        """After every full page came back: the saved partial page and last logits, if any."""
+        tails = getattr(self.kv, "tails", None)
+        if tails is None:
+            return 0
+        start = seq.num_computed
+        prev = seq.hashes[-1] if seq.hashes else None
+        tail = tails.find(prev, seq.tokens[start:])
+        if tail is None:
+            return 0
+        n = tail.num_tokens
+        if n:
+            page = self._alloc(1)[0]
+            self.kv.pool.data[page, :, :, :n].copy_(tail.kv)  # (L, 2, n, kv_heads, head_dim)
+            seq.table.append([page])
+            seq.num_computed += n
+        if tail.logits is not None and seq.num_computed == len(seq.tokens):
+            seq.last_logits = tail.logits.to(self.device)
+        return n
+
+    def save_tail(self, seq: Sequence) -> None:
+        """Save the sequence's partial last page and last logits for a later process (see
+        memory/tail_store.py); a no-op without a disk tier or with nothing to save."""
+        tails = getattr(self.kv, "tails", None)
+        n_full = seq.num_computed // self.page_size
+        if tails is None or len(seq.hashes) < n_full:
+            return
+        n = seq.num_computed - n_full * self.page_size
+        logits = seq.last_logits if seq.num_computed == len(seq.tokens) else None
+        if n == 0 and logits is None:
+            return
+        kv = self.kv.pool.data[seq.pages[n_full], :, :, :n] if n else None
+        prev = seq.hashes[n_full - 1] if n_full else None
+        tails.save(prev, seq.tokens[n_full * self.page_size : seq.num_computed], kv, logits)
 
     def _chain(self, tokens: list[int], n_pages: int, prev: bytes | None = None,
                first: int = 0) -> list[bytes]:
@@ -182,8 +234,8 @@ class Engine:
         try:
             return self.kv.alloc(n)
         except PagePoolExhausted as e:
-            raise OutOfPages(f"{e}; start with more KV pages (--kv-pages) or a shorter context"
-                             ) from e
+            raise OutOfPages(f"{e}: the device KV pool is full; raise --gpu-memory, lower "
+                             "--max-context, or start a new session") from e
 
     def _copy_on_write(self, seq: Sequence, index: int) -> None:
         old = seq.pages[index]
@@ -238,6 +290,7 @@ class Engine:
             yield from self._decode([req])
         finally:
             self.sampler.finish(req.req_id)
+            self.save_tail(seq)
 
     def generate_batch(self, seqs: list[Sequence],
                        params: list[SamplingParams]) -> list[GenerationResult]:

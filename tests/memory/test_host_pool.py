@@ -23,7 +23,7 @@ def round_trip(device: str) -> None:
     host.to_device(slots, dev.data, [2, 5])
     assert torch.equal(dev.data[[2, 5]], want)
     host.sync_slots(slots)
-    as_bytes = host.data[slots[0]].view(-1).view(torch.uint8).numpy()
+    as_bytes = host.slot(slots[0]).view(-1).view(torch.uint8).numpy()
     assert (host.slot_bytes(slots[0]) == as_bytes).all()
     assert host.slot_bytes(slots[0]).nbytes == LAYOUT.page_bytes
 
@@ -51,4 +51,4 @@ def test_slot_bytes_write_through_to_the_tensor():
     host = HostPagePool(LAYOUT, 2)
     host.slot_bytes(1)[:] = 0
     host.slot_bytes(1)[:2] = [0x80, 0x3F]  # bf16 1.0, little-endian
-    assert host.data[1].view(-1)[0].item() == 1.0
+    assert host.slot(1).view(-1)[0].item() == 1.0

@@ -253,7 +253,7 @@ def test_random_workload_keeps_every_page_exact(tmp_path: Path):
 @pytest.mark.parametrize("tier", ["host", "disk"])
 def test_cuda_restore_is_byte_identical(tmp_path: Path, tier: str):
     with make(tmp_path, host_pages=16, device="cuda") as cache:
-        assert cache.host.data.is_pinned()
+        assert cache.host.slot(0).is_pinned()
         pages, _ = prefill(cache, TOKENS)
         cache.release(pages)
         cache.evict_all_to_host() if tier == "host" else cache.evict_all_to_disk()

@@ -119,7 +119,7 @@ def test_seeded_sampling_reproduces(model):
 
 def test_context_too_long_names_both_lengths(model):
     engine = make_engine(model)
-    with pytest.raises(ContextTooLong, match="300 tokens.*context is 256"):
+    with pytest.raises(ContextTooLong, match="300 tokens.*grow to 256"):
         engine.extend(engine.new_sequence(), [1] * 300)
 
 

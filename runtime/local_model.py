@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,10 +23,22 @@ from runtime.config import ModelConfig
 from runtime.engine.cpu_layout import use_onednn
 from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.kv_pages import KVPages, PrivatePages
+from runtime.errors import OutOfMemory
 from runtime.kernels.backend import create_backend, default_backend_name
 from runtime.loader import load_model
+from runtime.memory_plan import (
+    DeviceMemory,
+    MemoryBudget,
+    MemoryPlan,
+    available_host_memory,
+    gb,
+    plan_memory,
+)
+from runtime.memory_profile import profile_reserve, weights_bytes_on_disk
 from runtime.model_cache import resolve_model
 from runtime.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 # Bump whenever the engine changes what it writes into a KV page.
 KV_LAYOUT_VERSION = 1
@@ -41,13 +55,17 @@ class RuntimeOptions:
     dtype: str | None = None  # fp32 | bf16 | fp16
     device: str | None = None  # cpu | cuda | cuda:N
     page_size: int | None = None
-    kv_pages: int | None = None  # device pages; default: the context window, twice
     backend: str | None = None
     prefill_chunk: int | None = None
     progress: bool = False
     prefix_cache: bool = True  # reuse KV across sequences, sessions and processes (disk tier)
-    host_pages: int | None = None  # default: a quarter of the device pages on CPU, all on GPU
+    gpu_memory: float = 0.90  # fraction of the card this process may use (weights included)
+    host_memory: int | None = None  # bytes for the host tier; default: half the available RAM
+    max_context: int | None = None  # tokens a session may grow to; default: the model's window
     disk_max_bytes: int | None = None  # default: default_disk_budget(); LRU gc beyond it
+    kv_pages: int | None = None  # exact device pages, bypassing the plan (tests, benchmarks)
+    host_pages: int | None = None  # exact host pages, likewise
+    warmup: bool | None = None  # capture the batch-1 decode graph at start (default: on CUDA)
 
 
 @dataclass
@@ -62,8 +80,10 @@ class LocalModel:
     engine: Engine
     weights_id: str
     dtype: torch.dtype
-    load_s: float
+    load_s: float  # resolving and loading the weights
     fingerprint: str = ""  # hex of the KV fingerprint: weights, dtypes, rope, page layout
+    plan: MemoryPlan | None = None
+    warmup_s: float = 0.0  # profiling the prefill, compiling kernels, capturing graphs
 
     def flush(self) -> None:
         """Make every sealed KV page durable (the end of a turn or of a command)."""
@@ -81,36 +101,90 @@ class LocalModel:
 
     @property
     def context_window(self) -> int:
-        return self.config.max_position_embeddings
+        """What a session may grow to: the model's window as the memory plan allows it."""
+        return self.engine.max_context
 
     @classmethod
     def open(cls, spec: str | None, options: RuntimeOptions = RuntimeOptions(),
              kv: KVPages | None = None) -> LocalModel:
-        """Resolve (pulling if needed), load and wrap in an engine. Raises runtime errors."""
+        """Resolve (pulling if needed), load, plan memory and wrap in an engine. Raises
+        runtime errors (OutOfMemory when the model or the asked context does not fit)."""
         start = time.perf_counter()
+        budget = MemoryBudget(options.gpu_memory, options.host_memory, options.max_context)
         spec = spec or settings.default_model()
         path = resolve_model(spec, progress=options.progress)
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = DTYPES[options.dtype or _default_dtype(device)]
-        loaded = load_model(path, dtype=dtype, device=device)
+        settings.export_triton_cache_dir()
+        loaded = _load(path, dtype, device)
         loaded.model.fuse_projections()
         if device.type == "cpu":
             use_onednn(loaded.model)
         tokenizer = _load_tokenizer(path)
+        load_s = time.perf_counter() - start
         cfg = loaded.config
         layout = kv_layout_for(cfg, dtype, options.page_size or default_page_size(device))
         fingerprint = model_fingerprint(loaded.weights_id, dtype, layout, _rope_string(cfg),
                                         KV_LAYOUT_VERSION)
-        kv = kv or _kv_pages(cfg, layout, fingerprint, device, options)
         backend = create_backend(options.backend or default_backend_name(device))
+        chunk = options.prefill_chunk or (512 if device.type == "cpu" else 8192)
+        plan = _plan(loaded.model, cfg, layout, device, backend, chunk, budget, options)
+        kv = kv or _kv_pages(plan, layout, fingerprint, device, options)
         stop_ids = frozenset(loaded.generation_eos_ids) | frozenset(tokenizer.eos_ids)
-        engine = Engine(loaded.model, kv, backend, max_context=cfg.max_position_embeddings,
+        engine = Engine(loaded.model, kv, backend, max_context=plan.max_context,
                         stop_ids=stop_ids, tokenizer=tokenizer, device=device,
-                        config=EngineConfig(prefill_chunk=options.prefill_chunk or
-                                            (512 if device.type == "cpu" else 8192)))
+                        config=EngineConfig(prefill_chunk=chunk,
+                                            max_batch_tokens=max(chunk, 2048)))
+        if options.warmup if options.warmup is not None else device.type == "cuda":
+            engine.warm_up()
         template = _template(tokenizer)
+        warmup_s = time.perf_counter() - start - load_s
         return cls(spec, path, cfg, tokenizer, template, engine, loaded.weights_id, dtype,
-                   time.perf_counter() - start, fingerprint.hex())
+                   load_s, fingerprint.hex(), plan, warmup_s)
+
+
+def _load(path: Path, dtype: torch.dtype, device: torch.device):
+    """load_model, with a model too large for the device as one line, checked before loading
+    where the files tell the size (safetensors) and caught during the load otherwise."""
+    if device.type == "cuda":
+        need = weights_bytes_on_disk(path, dtype)
+        free, total = torch.cuda.mem_get_info(device)
+        if need > free:
+            raise OutOfMemory(f"the model's weights need {gb(need)} in {_dtype_name(dtype)} but "
+                              f"{device} has {gb(free)} free of {gb(total)}; use a smaller "
+                              "model or a GPU with more memory")
+    try:
+        return load_model(path, dtype=dtype, device=device)
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemory(f"the model's weights do not fit {device} in {_dtype_name(dtype)} "
+                          f"({str(e).splitlines()[0]}); use a smaller model") from e
+
+
+def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backend,
+          chunk: int, budget: MemoryBudget, options: RuntimeOptions) -> MemoryPlan:
+    """Measure the device after the weights and decide the pages per tier (memory_plan.py)."""
+    window = cfg.max_position_embeddings
+    disk = options.disk_max_bytes or default_disk_budget(settings.cache_dir())
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if device.type == "cuda":
+        context = min(window, budget.max_context or window)
+        reserve = profile_reserve(model, layout, chunk, backend, device, context)
+        free, total = torch.cuda.mem_get_info(device)
+        dev = DeviceMemory("cuda", total, free, weights, reserve)
+    else:
+        dev = DeviceMemory("cpu", 0, 0, weights, 0)
+    plan = plan_memory(window, layout.page_size, layout.page_bytes, dev, budget,
+                       available_host_memory(), disk)
+    if options.kv_pages or options.host_pages:
+        plan = dataclasses.replace(plan, device_pages=options.kv_pages or plan.device_pages,
+                                   host_pages=options.host_pages or plan.host_pages)
+    for note in plan.notes:
+        log.warning("%s", note)
+    return plan
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
 
 
 def _default_dtype(device: torch.device) -> str:
@@ -125,16 +199,13 @@ def kv_layout_for(cfg: ModelConfig, dtype: torch.dtype, page_size: int) -> KVLay
     return KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
 
 
-def _kv_pages(cfg: ModelConfig, layout: KVLayout, fingerprint: bytes, device: torch.device,
+def _kv_pages(plan: MemoryPlan, layout: KVLayout, fingerprint: bytes, device: torch.device,
               options: RuntimeOptions) -> KVPages:
     """Tiered pages with a disk tier under the cache dir, or private pages without reuse."""
-    pages = options.kv_pages or 2 * -(-cfg.max_position_embeddings // layout.page_size)
     if not options.prefix_cache:
-        return PrivatePages(DevicePagePool(layout, pages, device))
-    host = options.host_pages or (pages if device.type == "cuda" else max(pages // 4, 1))
-    cache = settings.cache_dir()
-    return TieredKVCache(layout, pages, host, fingerprint, disk_dir=cache,
-                         disk_max_bytes=options.disk_max_bytes or default_disk_budget(cache),
+        return PrivatePages(DevicePagePool(layout, plan.device_pages, device))
+    return TieredKVCache(layout, plan.device_pages, plan.host_pages, fingerprint,
+                         disk_dir=settings.cache_dir(), disk_max_bytes=plan.disk_bytes,
                          device=device)
 
 

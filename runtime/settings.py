@@ -72,6 +72,22 @@ def data_dir(flag_value: str | Path | None = None) -> Path:
     return Path(value).expanduser() if value else Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def export_triton_cache_dir() -> Path:
+    """Point Triton's compile cache under our cache directory (unless the user set
+    TRITON_CACHE_DIR), so a second process loads the kernels the first compiled."""
+    value = os.environ.get("TRITON_CACHE_DIR")
+    if value:
+        return Path(value)
+    path = cache_dir() / "triton"
+    os.environ["TRITON_CACHE_DIR"] = str(path)
+    return path
+
+
+def debug() -> bool:
+    """AGENT_DEBUG=1: tracebacks instead of one-line errors."""
+    return os.environ.get(ENV_PREFIX + "DEBUG", "") not in ("", "0")
+
+
 def default_model(flag_value: str | None = None) -> str:
     """The model spec used when none is given: 'smollm2' (the embedded model) unless set."""
     return resolve("model", flag_value) or DEFAULT_MODEL

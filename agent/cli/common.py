@@ -25,6 +25,51 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--cache-dir", default=None,
                    help="models and KV pages live here (env AGENT_CACHE_DIR)")
+    mem = p.add_argument_group("memory plan (see `agent models info`)")
+    mem.add_argument("--max-context", type=_positive_int, default=None, metavar="TOKENS",
+                     help="the most tokens a session may grow to (default: the model's window, "
+                     "as far as device memory holds it)")
+    mem.add_argument("--gpu-memory", type=_fraction, default=0.90, metavar="FRACTION",
+                     help="fraction of the GPU this process may use, weights included "
+                     "(default: %(default)s)")
+    mem.add_argument("--host-memory", type=_size, default=None, metavar="SIZE",
+                     help="host memory for the KV host tier, e.g. 64G (default: half the "
+                     "memory available at start-up; pinned as it is used)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The RuntimeOptions fields the model flags set (for LocalModel.open / open_backend)."""
+    return {"dtype": args.dtype, "device": args.device, "max_context": args.max_context,
+            "gpu_memory": args.gpu_memory, "host_memory": args.host_memory}
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use e.g. 0.9") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]; use e.g. 0.9")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _size(text: str) -> int:
+    from runtime.memory_plan import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def out(text: str = "", end: str = "\n") -> None:

@@ -6,7 +6,15 @@ import argparse
 import sys
 import time
 
-from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, out, out_json
+from agent.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_model_flags,
+    apply_dirs,
+    model_options,
+    out,
+    out_json,
+)
 
 
 def register(sub) -> None:
@@ -41,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
     apply_dirs(args)
-    model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, device=args.device,
+    model = LocalModel.open(args.model, RuntimeOptions(**model_options(args),
                                                        progress=sys.stderr.isatty(),
                                                        prefix_cache=not args.no_prefix_cache))
     try:
@@ -55,20 +63,48 @@ def _generate(model, args: argparse.Namespace, params) -> int:
     engine = model.engine
     seq = engine.new_sequence()
     extend = engine.extend(seq, ids)
-    start = time.perf_counter()
+    engine.save_tail(seq)  # a later run of the same prompt restores it exactly
+    clock = _DecodeClock()
     tokens, pieces, finish = [], [], "stop"
     for event in engine.generate(seq, params):
+        clock.tick()
         tokens.append(event.token_id)
         pieces.append(event.text)
         finish = event.finish_reason or finish
         if not args.json and event.text:
             out(event.text, end="")
-    decode_s = time.perf_counter() - start
     if not args.json:
         out()
         return EXIT_OK
-    out_json(_report(model, ids, tokens, "".join(pieces), finish, extend, decode_s))
+    out_json(_report(model, ids, tokens, "".join(pieces), finish, extend, clock))
     return EXIT_OK
+
+
+class _DecodeClock:
+    """Token arrival times: the first token comes from the prefill's logits, the second pays
+    for the first decode step (its kernels and graph, if not warmed up); steady state after."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    @property
+    def total_s(self) -> float:
+        return (self.times[-1] - self.start) if self.times else 0.0
+
+    def report(self) -> dict:
+        t = self.times
+        out = {"decode_s": round(self.total_s, 4),
+               "first_token_s": round(t[0] - self.start, 4) if t else 0.0,
+               "first_step_s": round(t[1] - t[0], 4) if len(t) > 1 else 0.0}
+        steady = len(t) - 2  # tokens after the second, over the time since it
+        span = t[-1] - t[1] if len(t) > 2 else 0.0
+        out["decode_tok_s"] = round(steady / span, 2) if span > 0 else 0.0
+        out["steady_tokens"] = max(steady, 0)
+        return out
 
 
 def _read(value: str) -> str:
@@ -86,9 +122,7 @@ def _prompt_ids(model, args: argparse.Namespace) -> list[int]:
     return model.tokenizer.encode(text)
 
 
-def _report(model, ids, tokens, text, finish, extend, decode_s) -> dict:
-    # The first token comes from the prefill's logits, so decode covers the rest.
-    decode_tokens = max(len(tokens) - 1, 0)
+def _report(model, ids, tokens, text, finish, extend, clock: _DecodeClock) -> dict:
     return {
         "model": model.name,
         "text": text,
@@ -99,11 +133,15 @@ def _report(model, ids, tokens, text, finish, extend, decode_s) -> dict:
             "completion_tokens": len(tokens),
             "cached_tokens": extend.cached_tokens,
             "cached_by_tier": extend.cached_by_tier,
+            "computed_tokens": extend.computed_tokens,
         },
+        "context": {"max_context": model.context_window,
+                    "window": model.config.max_position_embeddings},
         "timings": {
             "load_s": round(model.load_s, 4),
-            "prefill_s": round(extend.seconds, 4),
-            "decode_s": round(decode_s, 4),
-            "decode_tok_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else 0.0,
+            "warmup_s": round(model.warmup_s, 4),
+            "restore_s": round(extend.restore_seconds, 4),
+            "prefill_s": round(extend.seconds - extend.restore_seconds, 4),
+            **clock.report(),
         },
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli.common import EXIT_OK, apply_dirs, out, out_json
+from agent.cli.common import EXIT_OK, add_model_flags, apply_dirs, model_options, out, out_json
 
 
 def register(sub) -> None:
@@ -19,6 +19,16 @@ def register(sub) -> None:
     pull.add_argument("name", nargs="?", default="smollm2",
                       help="'smollm2' (default) or a Hugging Face id")
     pull.set_defaults(func=run_pull)
+    info = actions.add_parser(
+        "info", help="the memory plan for a model: weights, KV per token, tiers, context",
+        description="Load the model and print the memory plan a session would get (weights, "
+        "KV bytes per token, pages and bytes per tier, the context a session may grow to), "
+        "without starting a session. Takes the same memory flags as `agent run`.")
+    info.add_argument("name", nargs="?", default=None,
+                      help="model spec (default: --model, AGENT_MODEL, or smollm2)")
+    add_model_flags(info)
+    info.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    info.set_defaults(func=run_info)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -44,3 +54,25 @@ def run_pull(args: argparse.Namespace) -> int:
     path = pull(args.name, progress=sys.stderr.isatty())
     out(str(path))
     return EXIT_OK
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from runtime.local_model import LocalModel, RuntimeOptions
+
+    apply_dirs(args)
+    spec = args.name or args.model
+    model = LocalModel.open(spec, RuntimeOptions(**model_options(args), warmup=False,
+                                                 progress=sys.stderr.isatty()))
+    try:
+        plan = model.plan
+        if args.json:
+            out_json({"model": model.name, "path": str(model.path),
+                      "dtype": str(model.dtype).removeprefix("torch."), **plan.to_dict()})
+            return EXIT_OK
+        out(f"model        {model.name} ({model.path})")
+        out(f"dtype        {str(model.dtype).removeprefix('torch.')}")
+        for line in plan.lines():
+            out(line)
+        return EXIT_OK
+    finally:
+        model.close()

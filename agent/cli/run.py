@@ -14,6 +14,7 @@ from agent.cli.common import (
     add_model_flags,
     apply_dirs,
     err,
+    model_options,
     out,
     out_json,
 )
@@ -86,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     apply_dirs(args)
     store = open_store()
     resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, dtype=args.dtype, device=args.device,
-                           progress=sys.stderr.isatty())
+    backend = open_backend(args.model, **model_options(args), progress=sys.stderr.isatty())
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
                              deny=args.deny, title=task[:80],
                              loop=LoopConfig(max_steps=args.max_turns,

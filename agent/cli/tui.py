@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs
+from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
 from agent.cli.run import MODES, add_session_flags, open_store, resolve_resume
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     apply_dirs(args)
     store = open_store()
     resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, dtype=args.dtype, device=args.device, progress=True)
+    backend = open_backend(args.model, **model_options(args), progress=True)
     options = SessionOptions(permission_mode=args.permission_mode, replay_history=True,
                              loop=LoopConfig(max_steps=args.max_turns,
                                              gen=GenParams(max_tokens=args.max_tokens)))

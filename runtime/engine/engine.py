@@ -83,10 +83,16 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.runner = ModelRunner(model, kv.pool.layer_views(), backend, self.page_size,
-                                  self.device)
+                                  self.device, max_context=max_context)
         self.scheduler = Scheduler(config.prefill_chunk, config.max_batch_tokens)
         self.sampler = Sampler()
         self._req_ids = itertools.count(1)
+
+    def warm_up(self) -> None:
+        """Compile and capture what a first decode step would (the batch-1 graph), so the
+        first turn's first token does not wait for it."""
+        if self.runner.graphs is not None:
+            self.runner.graphs.capture((1,))
 
     # -- sequences -------------------------------------------------------------------------
 

@@ -114,4 +114,24 @@ def test_generate_missing_model_and_usage(dirs, capsys):
 @pytest.mark.slow
 def test_generate_prompt_longer_than_the_context(dirs, capsys, smollm2_gguf):
     code, _, err = run(capsys, "generate", "--raw", "word " * 9000, "--no-prefix-cache")
-    assert code == 1 and "context is 8192" in err and err.count("\n") == 1
+    assert code == 1 and "may grow to 8,192" in err and err.count("\n") == 1
+
+
+def test_memory_flags_are_checked_before_loading(dirs, capsys):
+    for flag, value in (("--gpu-memory", "0"), ("--gpu-memory", "1.5"), ("--gpu-memory", "x"),
+                        ("--max-context", "0"), ("--host-memory", "lots")):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--prompt", "hi", flag, value])
+        assert e.value.code == 2, (flag, value)
+        assert flag in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_models_info_prints_the_plan(dirs, capsys, caplog, smollm2_gguf):
+    code, text, _ = run(capsys, "models", "info", "--json", "--max-context", "4096")
+    plan = json.loads(text)
+    assert code == 0 and plan["max_context"] == 4096 and plan["window"] == 8192
+    assert plan["kv_bytes_per_token"] * plan["page_size"] == plan["page_bytes"]
+    code, text, _ = run(capsys, "models", "info", "--max-context", "100000")
+    assert code == 0 and "above the model's window (8,192)" in caplog.text
+    assert "context      8,192 tokens" in text

@@ -153,7 +153,9 @@ class LocalConversation(Conversation):
         """Rebuild from `state()`: the KV comes back from the cache tiers where it can."""
         self.messages = list(state["messages"])
         self.text = state["text"]
-        result = self.model.engine.extend(self.seq, list(state["tokens"]))
+        # Nothing is computed here: what the cache lacks is computed with the next message, in
+        # the chunks the first process used (in bf16 the output depends on them).
+        result = self.model.engine.restore(self.seq, list(state["tokens"]))
         return AppendResult(len(state["tokens"]), result.cached_tokens, result.cached_by_tier,
                             result.computed_tokens, result.seconds)
 

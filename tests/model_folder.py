@@ -38,7 +38,7 @@ TINY = Shape(layers=2, hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=512, vo
              window=32768, rope_theta=1e6)
 
 
-def write_model_folder(path: Path, shape: Shape = QWEN25_7B_1M, *, device: str = "cuda",
+def write_model_folder(path: Path, shape: Shape = QWEN25_7B_1M, *, device: str | None = None,
                        seed: int = 0, layers_per_shard: int = 4) -> Path:
     """Write the folder (idempotent: an existing complete folder of this shape is kept)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,7 @@ def write_model_folder(path: Path, shape: Shape = QWEN25_7B_1M, *, device: str =
         return path
     _write_config(path, shape)
     _write_tokenizer(path, shape.vocab)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     _write_weights(path, shape, device, seed, layers_per_shard)
     stamp.write_text(json.dumps(asdict(shape)))
     return path

@@ -128,13 +128,13 @@ def test_three_turns_a_new_process_and_a_fourth_turn_continue_exactly(model_dir,
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
     run = [sys.executable, str(script), str(model_dir), str(prompt)]
-    first = subprocess.run(run, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
-                           text=True, timeout=900)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr
     lines = [json.loads(x) for x in first.stdout.splitlines() if x.startswith("{")]
     log, want = lines[0]["log"], lines[1]["turn4"]
-    second = subprocess.run([*run, json.dumps(log)], env={**env, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=900)
+    second = subprocess.run([*run, json.dumps(log)], env=env, capture_output=True, text=True,
+                            timeout=900)
     assert second.returncode == 0, second.stderr
     got = [json.loads(x) for x in second.stdout.splitlines() if x.startswith("{")][0]["turn4"]
     assert got == want, "the resumed fourth turn differs from the uninterrupted one"

@@ -9,6 +9,8 @@ page being copied out. On CPU every copy is synchronous and the fences are no-op
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ log = logging.getLogger(__name__)
 
 _PRUNE_FENCES_AT = 1024  # completed events are dropped once this many are kept
 CHUNK_BYTES = 1 << 30  # host memory is allocated (and pinned) a chunk at a time, when first used
+# Chunks pinned ahead of the slots in use, on a background thread: pinning runs at about
+# 1 GB/s, slower than a prefill fills pages, so it must not wait until a slot is needed.
+PIN_AHEAD = 4
 
 
 class HostPagePool:
@@ -45,7 +50,12 @@ class HostPagePool:
         self._stream: torch.cuda.Stream | None = None
         self._slot_fence: dict[int, torch.cuda.Event] = {}  # slot -> last copy touching it
         self._page_fence: dict[int, torch.cuda.Event] = {}  # device page -> copy reading it
+        self._lock = threading.Lock()
+        self._ahead: dict[int, Future] = {}
+        self._pinner = ThreadPoolExecutor(1, thread_name_prefix="kv-host-pin") if self._pin \
+            else None
         self._materialize(0)
+        self._pin_ahead(0)
 
     @property
     def num_free(self) -> int:
@@ -61,8 +71,10 @@ class HostPagePool:
         assert n <= len(self._free), f"need {n} host slots, {len(self._free)} free"
         taken = self._free[len(self._free) - n :]
         del self._free[len(self._free) - n :]
-        for chunk in {s // self._per_chunk for s in taken}:
+        chunks = {s // self._per_chunk for s in taken}
+        for chunk in chunks:
             self._materialize(chunk)
+        self._pin_ahead(max(chunks, default=0))
         return taken[::-1]
 
     def free(self, slots: list[int]) -> None:
@@ -81,12 +93,37 @@ class HostPagePool:
         t = self._chunks[chunk]
         if t is not None:
             return t
+        pending = self._ahead.pop(chunk, None)
+        if pending is not None:
+            pending.result()  # being pinned in the background: wait for it
+            return self._chunks[chunk]
+        return self._make(chunk)
+
+    def _make(self, chunk: int) -> torch.Tensor:
         n = min(self._per_chunk, self.num_pages - chunk * self._per_chunk)
         t = self._allocate((n, *self.layout.page_shape))
-        self._chunks[chunk] = t
-        self._chunk_bytes[chunk] = t.view(-1).view(torch.uint8).numpy().reshape(
-            n, self.layout.page_bytes)  # shares memory
+        view = t.view(-1).view(torch.uint8).numpy().reshape(n, self.layout.page_bytes)
+        with self._lock:
+            self._chunk_bytes[chunk] = view  # shares memory
+            self._chunks[chunk] = t
         return t
+
+    def _pin_ahead(self, frontier: int) -> None:
+        """Queue the chunks after `frontier` for pinning on the background thread."""
+        if self._pinner is None:
+            return
+        last = min(frontier + PIN_AHEAD, len(self._chunks) - 1)
+        for chunk in range(frontier + 1, last + 1):
+            if self._chunks[chunk] is None and chunk not in self._ahead:
+                self._ahead[chunk] = self._pinner.submit(self._make, chunk)
+
+    def close(self) -> None:
+        """Stop pinning ahead (the chunks stay until the pool goes)."""
+        if self._pinner is not None:
+            for f in self._ahead.values():
+                f.cancel()
+            self._pinner.shutdown(wait=True)
+            self._ahead.clear()
 
     def _allocate(self, shape: tuple[int, ...]) -> torch.Tensor:
         if self._pin:

@@ -375,6 +375,7 @@ class TieredKVCache:
         self.flush()
         if self.tails is not None:
             self.tails.close()
+        self.host.close()
         if self.writer is not None:
             self.writer.close()
             self.disk.close()

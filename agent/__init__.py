@@ -11,7 +11,8 @@ Files:
 - external_changes.py: files changed outside the agent, appended as notes with the diff.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
 - workspace.py: the sandbox: paths outside the repository and `.git/` writes refused.
-- permissions.py: modes and allow/deny rules.
+- permissions.py: modes and allow/deny rules; `may_read` for files tools read on their own.
+- shell_analysis.py: what a shell line runs, read with a bash grammar (bashlex), for rules.
 - checkpoint.py: worktree checkpoints per turn under a private ref namespace; restore.
 - backends/: model backends (local runtime, OpenAI-compatible server, scripted).
 - tools/: the tools the model calls.

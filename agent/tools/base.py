@@ -159,6 +159,15 @@ class Tool(ABC):
         """The kind of this particular call (git status reads, git commit executes)."""
         return self.kind
 
+    def rule_subject(self, args: Mapping[str, Any]) -> str:
+        """The main argument as permission rules match it (git trims its subcommand)."""
+        if self.main_arg is None:
+            return ""
+        value = args.get(self.main_arg)
+        if value is None and self.main_arg == "path":
+            value = args.get("file_path")  # the alias file tools accept
+        return "" if value is None else str(value)
+
     def schema(self) -> dict[str, Any]:
         """The OpenAI / Hermes function schema: stable, so it can sit in the cached prefix."""
         params = _tidy_schema(self.Args.model_json_schema())

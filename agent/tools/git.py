@@ -57,7 +57,12 @@ class GitTool(Tool):
 
     def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
         """Reading subcommands are reads; commit changes the repository."""
-        return "read" if args.get("subcommand") in READ_SUBCOMMANDS else "exec"
+        return "read" if self.rule_subject(args) in READ_SUBCOMMANDS else "exec"
+
+    def rule_subject(self, args: Mapping[str, Any]) -> str:
+        """The subcommand as git will run it: `" commit"` is `commit` to the rules too."""
+        value = args.get("subcommand")
+        return value.strip() if isinstance(value, str) else ""
 
     def run(self, args: GitArgs, ctx: ToolContext) -> ToolResult:
         sub = args.subcommand.strip()

@@ -44,7 +44,7 @@ class ReadTool(Tool):
             return _list_dir(path, shown)
         if not path.exists():
             raise ToolError(_not_found(shown, ctx))
-        data = _load(path, shown)
+        data = _load(path, shown, ctx)
         ctx.files.record(path, data)
         lines = data.decode("utf-8", errors="replace").split("\n")
         if lines[-1] == "":
@@ -53,7 +53,7 @@ class ReadTool(Tool):
         return ToolResult(True, content, metadata={"path": shown, "lines": len(lines)})
 
 
-def _load(path: Path, shown: str) -> bytes:
+def _load(path: Path, shown: str, ctx: ToolContext) -> bytes:
     if not path.is_file():
         raise ToolError(f"{shown} is not a regular file")
     size = path.stat().st_size
@@ -62,7 +62,7 @@ def _load(path: Path, shown: str) -> bytes:
             f"{shown} is too large to read ({size:,} bytes); use grep, or shell with "
             "head/sed -n to read parts of it"
         )
-    data = path.read_bytes()
+    data = ctx.workspace.read_bytes(path, MAX_FILE_BYTES + 1)
     if b"\0" in data[:8192]:
         raise ToolError(f"{shown} is a binary file ({size:,} bytes); read shows text files only")
     return data

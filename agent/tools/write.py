@@ -34,7 +34,6 @@ class WriteTool(Tool):
             raise ToolError(f"{shown} is a directory; give a file path")
         existed = path.exists()
         before = self._current(path, shown, ctx) if existed else ""
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, args.content, ctx)
         diff = unified_diff(before, args.content, shown, new_file=not existed)
         lines = args.content.count("\n") + (not args.content.endswith("\n") and bool(args.content))
@@ -44,7 +43,7 @@ class WriteTool(Tool):
 
     @staticmethod
     def _current(path: Path, shown: str, ctx: ToolContext) -> str:
-        data = path.read_bytes()
+        data = ctx.workspace.read_bytes(path)
         stale = ctx.files.stale_reason(path, data, shown)
         if stale:
             raise ToolError(stale.replace("then edit", "then write"))

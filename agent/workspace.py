@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -70,7 +71,7 @@ class Workspace:
         Raises PathOutsideWorkspace when it resolves outside the root (reads may also use the
         output directory), ProtectedPath when `write` is set and it lies inside a `.git/`.
         """
-        given = Path(path).expanduser()
+        given = Path(_unquoted_if_missing(self.root, path)).expanduser()
         real = Path(os.path.realpath(given if given.is_absolute() else self.root / given))
         if _is_within(real, self.root):
             if write:
@@ -151,6 +152,11 @@ class Workspace:
                 return anchor, real.relative_to(anchor).parts
         raise PathOutsideWorkspace(f"{real}: outside the workspace {self.root}")
 
+    def shown(self, path: Path) -> str:
+        """`path` as the model is shown it: `relative`, quoted where the name holds bytes that
+        are not UTF-8 or characters that would break a listing (see `display_name`)."""
+        return display_name(self.relative(path))
+
     def contains(self, path: Path) -> bool:
         """Whether `path` (followed through symlinks) lies under the root."""
         return _is_within(Path(os.path.realpath(path)), self.root)
@@ -186,6 +192,68 @@ class Workspace:
             if len(found) > MAX_LISTED_FILES:
                 break
         return found
+
+
+def display_name(name: str) -> str:
+    """A file name as tools print it: as is when it is plain text; otherwise in double quotes
+    with C-style escapes (`\\n`, `\\"`, `\\xff` for a byte that is not UTF-8), the way git
+    quotes paths. `resolve` accepts the quoted form back."""
+    if _PLAIN_NAME.match(name) and not name.startswith('"'):
+        return name
+    raw = os.fsencode(name)
+    out = []
+    for ch in raw.decode("utf-8", errors="surrogateescape"):
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or ch in "\u2028\u2029":
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def unquote_name(text: str) -> str | None:
+    """The name a `display_name` quoted form stands for (surrogate-escaped), or None."""
+    if len(text) < 2 or not (text.startswith('"') and text.endswith('"')):
+        return None
+    body, out, i = text[1:-1], bytearray(), 0
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            out += ch.encode("utf-8", errors="surrogateescape")
+            i += 1
+            continue
+        nxt = body[i + 1 : i + 2]
+        if nxt in _UNESCAPES:
+            out += _UNESCAPES[nxt]
+            i += 2
+        elif nxt in ("x", "u"):
+            width = 2 if nxt == "x" else 4
+            digits = body[i + 2 : i + 2 + width]
+            if len(digits) != width or not all(c in "0123456789abcdefABCDEF" for c in digits):
+                return None
+            value = int(digits, 16)
+            out += bytes([value]) if nxt == "x" else chr(value).encode("utf-8", "surrogatepass")
+            i += 2 + width
+        else:
+            return None
+    return os.fsdecode(bytes(out))
+
+
+def _unquoted_if_missing(root: Path, path: str | Path) -> str | Path:
+    text = os.fspath(path)
+    name = unquote_name(text) if isinstance(text, str) else None
+    if name is None or os.path.lexists(root / text):
+        return path
+    return name
+
+
+_PLAIN_NAME = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\\u2028\u2029\ud800-\udfff]*$")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNESCAPES = {"\\": b"\\", '"': b'"', "n": b"\n", "t": b"\t", "r": b"\r"}
 
 
 def _is_within(path: Path, root: Path) -> bool:

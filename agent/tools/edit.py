@@ -36,7 +36,7 @@ class EditTool(Tool):
 
     def run(self, args: EditArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path, write=True)
-        shown = ctx.workspace.relative(path)
+        shown = ctx.workspace.shown(path)
         if not path.is_file():
             raise ToolError(f"file not found: {shown}; use write to create a file")
         data = ctx.workspace.read_bytes(path)

@@ -29,7 +29,7 @@ class WriteTool(Tool):
 
     def run(self, args: WriteArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path, write=True)
-        shown = ctx.workspace.relative(path)
+        shown = ctx.workspace.shown(path)
         if path.is_dir():
             raise ToolError(f"{shown} is a directory; give a file path")
         existed = path.exists()

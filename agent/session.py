@@ -94,6 +94,7 @@ class AgentSession(QueuedHandle):
         self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
                                        deny=self.options.deny, tools=self.tools,
                                        root=self.workspace.root)
+        self.ctx.read_policy = self.permissions  # read deny rules hold in grep and git too
         self.store = store
         self.resume_id = resume_id
         self.session_id = resume_id or ""
@@ -208,7 +209,8 @@ class AgentSession(QueuedHandle):
                                              self.backend.fingerprint, self.options.title)
             self.session_id = info.id
         budget = int(self.backend.context_window * self.options.snapshot_fraction)
-        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget)
+        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget,
+                                 may_read=self.permissions.may_read)
         for entry in snapshot.included:  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())

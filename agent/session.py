@@ -35,6 +35,7 @@ from agent.permissions import Permissions
 from agent.repo_snapshot import take_snapshot
 from agent.tools import default_tools
 from agent.tools.base import ToolContext
+from agent.tools.processes import ProcessLimits
 from agent.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class SessionOptions:
     snapshot_fraction: float = 0.5  # of the context window, for the repository snapshot
     title: str | None = None
     replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
+    pass_env: list[str] = field(default_factory=list)  # names commands get besides the allowlist
+    process_limits: ProcessLimits | None = None  # rlimits of commands (None: the defaults)
 
 
 class SessionMismatch(Exception):
@@ -89,7 +92,8 @@ class AgentSession(QueuedHandle):
         self.backend = backend
         self.options = options or SessionOptions()
         self.workspace = Workspace(repo_root)
-        self.tools = default_tools()
+        self.tools = default_tools(limits=self.options.process_limits,
+                                   pass_env=tuple(self.options.pass_env))
         self.ctx = ToolContext(self.workspace)
         self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
                                        deny=self.options.deny, tools=self.tools,

@@ -8,6 +8,7 @@ Files:
 - cache.py: `agent cache stats|gc|clear`.
 - tui.py: `agent` / `agent tui`, the Textual app over an AgentSession and the store.
 - sessions.py: `agent sessions list|show|delete|export`.
+- sandbox_flags.py: --pass-env, --max-procs, --max-memory for how commands run.
 - rewind.py: `agent rewind`, code and conversation back to a turn; `--undo`.
 - render.py: headless output (text, json, stream-json).
 """

@@ -28,6 +28,8 @@ ToolKind = Literal["read", "edit", "exec"]
 
 # What the model sees of a long output (shell, git): about 30K chars, head and tail kept.
 MAX_TOOL_OUTPUT_CHARS = 30_000
+# What the UI shows and the session stores of it (`full_output`); the whole is in a file.
+MAX_STORED_OUTPUT_CHARS = 1_000_000
 
 
 class ToolArgs(BaseModel):
@@ -51,10 +53,11 @@ class ToolError(Exception):
 class ToolResult:
     """What one tool call produced.
 
-    `content` is what the model sees, already cut to size. `full_output` is the whole output of a
-    command (shell, git), cut or not, for the UI and the store; None where `content` is the whole
-    result. `metadata` carries JSON-able facts for front ends: `diff` for edits, `exit_code` and
-    `pid` for commands, `path` touched, `output_file` where a long output was saved.
+    `content` is what the model sees, already cut to size. `full_output` is the output of a
+    command (shell, git) for the UI and the store, cut at MAX_STORED_OUTPUT_CHARS (the whole is
+    in the file `metadata["output_file"]`); None where `content` is the whole result.
+    `metadata` carries JSON-able facts for front ends: `diff` for edits, `exit_code` and `pid`
+    for commands, `path` touched, `output_file` where a long output was saved.
     """
 
     ok: bool

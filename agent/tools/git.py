@@ -15,6 +15,7 @@ import git
 from pydantic import Field
 
 from agent.tools.base import (
+    MAX_STORED_OUTPUT_CHARS,
     MAX_TOOL_OUTPUT_CHARS,
     Tool,
     ToolArgs,
@@ -80,11 +81,12 @@ class GitTool(Tool):
             kill_after_timeout=GIT_TIMEOUT_S,
         )
         text = _printable("\n".join(part for part in (out, err) if part)) or "(no output)"
-        content, meta = text, {"exit_code": code, "subcommand": sub}
+        content, stored, meta = text, text, {"exit_code": code, "subcommand": sub}
         if len(text) > MAX_TOOL_OUTPUT_CHARS:
             saved = save_output(ctx, f"git-{sub}", text)
             content, meta["output_file"] = clip_text(text, saved), str(saved)
-        return ToolResult(code == 0, content, full_output=text, metadata=meta)
+            stored = clip_text(text, saved, MAX_STORED_OUTPUT_CHARS)
+        return ToolResult(code == 0, content, full_output=stored, metadata=meta)
 
 
 def _checked_args(sub: str, args: GitArgs, ctx: ToolContext) -> list[str]:

@@ -15,7 +15,9 @@ Shell commands are parsed with a bash grammar (agent/shell_analysis.py). A deny 
 whole command or any command it may run: each part of a chain, pipeline, `{ }` or subshell, each
 substitution, and what wrappers run (`env`, `sudo`, `nice`, `timeout`, `xargs`, `sh -c`,
 `eval`, `find -exec`, `find -delete` as `rm`, `/bin/rm` as `rm`). An allow rule vouches only for
-one plain simple command: no chain, redirection, substitution, assignment or wrapper. A line
+one plain simple command: no chain, redirection, substitution, assignment or wrapper (a bare
+`shell` rule allows every line that can be analysed; an exact rule such as `shell(bash -c ls)`,
+as suggested, allows just that line). A line
 that cannot be analysed (it does not parse, its command name is computed) asks in every mode but
 `auto`. A script or interpreter can still hide a command, so shell deny rules are a guard
 against mistakes, not a sandbox.
@@ -251,6 +253,9 @@ class Permissions:
         if shell is None:
             subject = self._subject(tool, args)
             return any(r.matches(tool.name, subject) for r in self.allow_rules)
+        if shell.opaque is None and any(r.covers(tool.name) and r.pattern is None
+                                        for r in self.allow_rules):
+            return True  # a bare `shell` rule: every line that can be read
         if not shell.simple or shell.top is None:
             return False
         exact = _exact(shell.top)

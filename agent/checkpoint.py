@@ -184,14 +184,16 @@ class Checkpoints:
             shutil.copy2(user_index, index)  # keep its mtime: git spots racily-clean entries by it
         env = {"GIT_INDEX_FILE": str(index)}
         skipped = self._oversized_untracked()
-        specs = [self.scope or ".", *(f":(exclude,literal){p}" for p in sorted(skipped))]
+        specs = [f":(literal){self.scope}" if self.scope else ".",
+                 *(f":(exclude,literal){p}" for p in sorted(skipped))]
         self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul", env=env,
                   stdin="".join(s + "\0" for s in specs))
         return self._git("write-tree", env=env).strip(), skipped
 
     def _oversized_untracked(self) -> set[str]:
         """Untracked, not ignored files under the root that a checkpoint leaves out."""
-        out = self._git("ls-files", "-o", "--exclude-standard", "-z", "--", self.scope or ".")
+        scope = f":(literal){self.scope}" if self.scope else "."
+        out = self._git("ls-files", "-o", "--exclude-standard", "-z", "--", scope)
         sizes = []
         for rel in filter(None, out.split("\0")):
             try:
@@ -211,7 +213,8 @@ class Checkpoints:
         """Paths under the root to delete and to write to go from tree `now` to tree `target`,
         leaving `keep` (files the snapshot `now` could not hold) alone."""
         scope = [self.scope] if self.scope else []
-        out = self._git("diff-tree", "-r", "-z", "--no-renames", now, target, "--", *scope)
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", now, target, "--", *scope,
+                        env={"GIT_LITERAL_PATHSPECS": "1"})
         fields = out.split("\0")[:-1]  # every record ends with NUL
         deleted, written = [], []
         for header, path in zip(fields[0::2], fields[1::2], strict=True):

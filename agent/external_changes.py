@@ -3,6 +3,7 @@
 watchfiles says *whether* something changed while no turn ran; a worktree snapshot taken at the
 end of each turn (a commit under a private `.seen` checkpoint ref) says exactly *what*, so the
 note carries a real diff. Nothing earlier in the context is edited: the note is appended.
+Files a read deny rule covers are left out of the diff.
 
 The watcher thread restarts when watchfiles fails (it cannot decode a file name that is not
 UTF-8, say), treating that moment as "anything may have changed"; after `MAX_RESTARTS` failures
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 from agent.checkpoint import Checkpoint, CheckpointError, Checkpoints
+from agent.tools.base import ReadPolicy
 
 log = logging.getLogger(__name__)
 MAX_NOTE_CHARS = 20_000
@@ -27,8 +29,9 @@ RESTART_DELAY_S = 0.2
 class ExternalChanges:
     """Watches a repository between turns; `note()` describes what changed since the last."""
 
-    def __init__(self, root: Path, session: str):
+    def __init__(self, root: Path, session: str, read_policy: ReadPolicy | None = None):
         self.root = root
+        self._policy = read_policy  # read deny rules: those files' diffs stay out of the note
         self._seen = _checkpoints(root, f"{session}.seen")
         self._last: Checkpoint | None = None
         self._dirty: set[str] = set()
@@ -87,8 +90,11 @@ class ExternalChanges:
 
     def _diff(self, paths: list[str]) -> str:
         now = self._seen.create(1)
+        denied = self._policy.denied_read_patterns() if self._policy else []
+        specs = [f":(literal){p}" for p in paths] or ["."]
+        specs += [f":(exclude){p}" for p in denied]
         proc = subprocess.run(["git", "diff", "--no-color", "--no-ext-diff", self._last.commit,
-                               now.commit, "--", *paths], cwd=self._seen.root,
+                               now.commit, "--", *specs], cwd=self.root,
                               capture_output=True, text=True, errors="replace")
         return proc.stdout
 

@@ -198,7 +198,8 @@ class AgentSession(QueuedHandle):
         self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
                               self._approve, recorder, self.options.loop,
                               self.backend.context_window, self.backend.default_tool_choice)
-        self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved")
+        self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved",
+                                       read_policy=self.permissions)
         self.watcher.start(resumed=restore is not None)
         self._events.put(SessionStarted(self.session_id, self.backend.name,
                                         str(self.workspace.root), restore is not None,

@@ -80,3 +80,17 @@ def test_a_session_with_a_read_deny_rule_never_shows_the_file(tmp_path: Path):
     assert results and "app.py:1:TOKEN = 1" in results[0].content
     assert seen and not any("hunter" in text for text in seen)
     assert not any("hunter" in r.content for r in results)
+
+
+def test_the_outside_changes_note_leaves_denied_files_out(tmp_path: Path):
+    from agent.external_changes import ExternalChanges
+
+    repo = make_repo(tmp_path, FILES)
+    perms = Permissions("auto", deny=["read(*.env)"], root=repo)
+    watcher = ExternalChanges(repo, "s1", read_policy=perms)
+    watcher.mark_seen()
+    (repo / ".env").write_text("TOKEN=new-hunter\n")
+    (repo / "app.py").write_text("TOKEN = 2\n")
+    watcher._dirty.update({".env", "app.py"})
+    note = watcher.note()
+    assert note is not None and "TOKEN = 2" in note and "hunter" not in note

@@ -225,7 +225,8 @@ class Permissions:
     def _denial(self, tool: Tool, args: Mapping[str, Any], shell: Analysis | None) -> str | None:
         """Why a deny rule refuses this call, or None."""
         name = tool.name
-        candidates = [self._subject(tool, args), _raw_subject(tool, args)]
+        # as normalised, and as given (`Tool.rule_subject` does not trim git's subcommand)
+        candidates = [self._subject(tool, args), Tool.rule_subject(tool, args)]
         if shell is not None:
             candidates += [command_text(c) for c in shell.commands]
             if shell.opaque:
@@ -307,15 +308,6 @@ def _escape_words(words: tuple[str, ...]) -> str:
 def _escape(text: str) -> str:
     """`text` as an fnmatch pattern that matches only itself."""
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def _raw_subject(tool: Tool, args: Mapping[str, Any]) -> str:
-    if tool.main_arg is None:
-        return ""
-    value = args.get(tool.main_arg)
-    if value is None and tool.main_arg == "path":
-        value = args.get("file_path")  # the alias file tools accept
-    return "" if value is None else str(value)
 
 
 def split_command(command: str) -> list[str] | None:

@@ -59,6 +59,7 @@ _GIT_CODE_OPTIONS = ("-c", "--config-env", "--exec-path", "--upload-pack", "--re
 _FIND_EXEC = {"-exec", "-execdir", "-ok", "-okdir"}
 _FIND_WRITES = {"-fprint", "-fprint0", "-fprintf", "-fls"}
 _DYNAMIC_NAME = re.compile(r"[*?\[{}$`~,]")
+_TIME_KEYWORD = re.compile(r"^\s*time(\s+-p)?\s+(?=\S)")
 
 
 @dataclass
@@ -98,6 +99,10 @@ def _analyse_text(text: str, result: Analysis, depth: int) -> None:
         return
     if not text.strip():
         return
+    timed = _TIME_KEYWORD.match(text)
+    if timed:  # bashlex does not know the `time` keyword: read what it times
+        result.wrapper = True
+        text = text[timed.end() :]
     try:
         nodes = bashlex.parse(text)
     except (bashlex.errors.ParsingError, NotImplementedError) as e:

@@ -12,13 +12,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from pydantic import Field
 
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, ToolResult
 from agent.tools.glob import glob_to_regex
+from agent.tools.processes import wait_or_stop
 from agent.workspace import display_name
 
 DEFAULT_MAX_RESULTS = 200
@@ -90,7 +90,9 @@ def _run_worker(args: GrepArgs, paths: list[str], ctx: ToolContext, timeout_s: f
                threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)]
     for t in threads:
         t.start()
-    stopped = _wait(proc, timeout_s, ctx.cancel)
+    stopped = wait_or_stop(proc, timeout_s, ctx.cancel, _POLL_S)
+    if stopped and stopped.startswith("timed out"):
+        stopped += " (the pattern may backtrack badly)"
     if stopped:
         proc.kill()
     proc.wait()
@@ -104,16 +106,6 @@ def _feed(proc: subprocess.Popen[bytes], request: str) -> None:
         proc.stdin.close()
     except OSError:
         pass  # it was killed before it read everything
-
-
-def _wait(proc: subprocess.Popen[bytes], timeout_s: float, cancel: threading.Event) -> str | None:
-    deadline = time.monotonic() + timeout_s
-    while proc.poll() is None:
-        if cancel.wait(_POLL_S):
-            return "cancelled"
-        if time.monotonic() > deadline:
-            return f"timed out after {timeout_s:g} s (the pattern may backtrack badly)"
-    return None
 
 
 def _compile(pattern: str, ignore_case: bool) -> re.Pattern[str]:

@@ -16,8 +16,9 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,22 @@ class Watchdog:
                 text=True, start_new_session=True, close_fds=True,
             )
         return self._proc
+
+
+def wait_or_stop(proc: subprocess.Popen[bytes], timeout_s: float, cancel: threading.Event,
+                 poll_s: float, check: Callable[[], str | None] | None = None) -> str | None:
+    """Wait for `proc` to exit; the reason to stop it early ("cancelled", "timed out after N s",
+    or what `check` returns), or None once it exited by itself."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        if cancel.wait(poll_s):
+            return "cancelled"
+        if time.monotonic() > deadline:
+            return f"timed out after {timeout_s:g} s"
+        reason = check() if check else None
+        if reason:
+            return reason
+    return None
 
 
 def new_tag() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +30,14 @@ from agent.tools.base import (
     clip_text,
     new_output_path,
 )
-from agent.tools.processes import ProcessLimits, Watchdog, child_env, limited_argv, new_tag
+from agent.tools.processes import (
+    ProcessLimits,
+    Watchdog,
+    child_env,
+    limited_argv,
+    new_tag,
+    wait_or_stop,
+)
 
 DEFAULT_TIMEOUT_S = 120.0
 MAX_TIMEOUT_S = 600.0
@@ -277,15 +283,13 @@ def _watch(
     proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event, out_path: Path
 ) -> str | None:
     """Wait for the command; the reason to stop it early, or None once it exited by itself."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if cancel.wait(POLL_S):
-            return "cancelled"
-        if time.monotonic() > deadline:
-            return f"timed out after {timeout:g} s"
+
+    def too_much() -> str | None:
         if out_path.stat().st_size > MAX_OUTPUT_BYTES:
             return f"output passed {MAX_OUTPUT_BYTES // 2**20} MiB"
-    return None
+        return None
+
+    return wait_or_stop(proc, timeout, cancel, POLL_S, too_much)
 
 
 def group_alive(pgid: int) -> bool:

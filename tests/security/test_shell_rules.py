@@ -100,6 +100,8 @@ RM_SPELLINGS = [
     "git -c alias.x='!rm x' x",
     "alias r='rm x'",
     "echo hi > >(rm x)",
+    "time rm x",
+    "time -p bash -c 'rm x'",
 ]
 
 # spellings whose command is only known at run time: they cannot be read, so they are asked

@@ -10,9 +10,11 @@ Files:
 - repo_snapshot.py: the repository as the model first sees it, within a token budget.
 - external_changes.py: files changed outside the agent, appended as notes with the diff.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
-- workspace.py: the sandbox: paths outside the repository and `.git/` writes refused.
-- permissions.py: modes and allow/deny rules.
-- checkpoint.py: worktree checkpoints per turn under a private ref namespace; restore.
+- workspace.py: the sandbox: paths outside the repository, `.git/` and hook writes refused;
+  reads and writes confined by descriptor (O_NOFOLLOW walk), writes via temp file + rename.
+- permissions.py: modes and allow/deny rules; `may_read` for files tools read on their own.
+- shell_analysis.py: what a shell line runs, read with a bash grammar (bashlex), for rules.
+- checkpoint.py: worktree checkpoints per turn under a private ref namespace; restore, undo.
 - backends/: model backends (local runtime, OpenAI-compatible server, scripted).
 - tools/: the tools the model calls.
 - cli/: the `agent` command.

@@ -1,22 +1,28 @@
 """Checkpoints of the whole worktree, one per turn, kept as git commits under a private ref.
 
-`create` snapshots every tracked and untracked-but-not-ignored file, whoever changed it (edit
-tools or shell commands). It works in a temporary index (`GIT_INDEX_FILE`): a copy of the user's
-index (so unchanged files are not hashed again, and tracked files that match .gitignore are kept),
-then `git add -A`, `git write-tree`, `git commit-tree` with HEAD (if any) as parent, and
-`git update-ref refs/agent/checkpoints/<session>/<turn>`. The user's index, HEAD, branches and stash
-are never written; the refs keep the objects alive until `delete`.
+`create` snapshots every tracked and untracked-but-not-ignored file under the checkpoints' root
+(the session's `--repo`, which may be a folder of a larger repository), whoever changed it (edit
+tools or shell commands). Untracked files over `MAX_UNTRACKED_FILE_BYTES`, and the largest ones
+past `MAX_UNTRACKED_TOTAL_BYTES` in all, are left out (regenerated artifacts would otherwise add
+their size to the repository every turn); restore leaves such files alone. It works in a
+temporary index (`GIT_INDEX_FILE`): a copy of the user's index (so unchanged files are not hashed
+again, and tracked files that match .gitignore are kept), then `git add -A`, `git write-tree`,
+`git commit-tree` with HEAD (if any) as parent, and `git update-ref
+refs/agent/checkpoints/<session>/<turn>`. The user's index, HEAD, branches and stash are never
+written; the refs keep the objects alive until `delete`.
 
-`restore` makes the worktree match a checkpoint exactly:
+`restore` first saves the worktree as the `undo` checkpoint (`undo()` goes back to it, and is
+itself undoable), then makes the worktree under the root match the checkpoint exactly:
 - files that differ from the checkpoint are rewritten (content, executable bit, symlinks);
 - files that exist now but not in the checkpoint are deleted (then empty parent directories);
 - ignored files are not touched, except a path the checkpoint holds that is ignored now, which is
   overwritten with the checkpoint's content;
-- submodules (gitlinks) are left alone;
+- submodules (gitlinks) and paths outside the root (another package of a monorepo) are left
+  alone;
 - HEAD, branches and the user's index are not changed at all: staged content stays staged, so
   afterwards `git diff` shows the restored worktree against what was staged, and
   `git diff --cached` is what it was before.
-Restoring is not undoable by itself: `create` a checkpoint first to be able to come back.
+`delete_session_checkpoints` drops every ref of a session (with `sessions delete`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REF_PREFIX = "refs/agent/checkpoints"
+UNDO = "undo"
+MAX_UNTRACKED_FILE_BYTES = 4 * 1024 * 1024
+MAX_UNTRACKED_TOTAL_BYTES = 64 * 1024 * 1024
 _SESSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # commit-tree needs an identity; a checkpoint must not depend on the user having configured one
 _IDENTITY = {
@@ -50,12 +59,23 @@ class Checkpoint:
     """One snapshot: the commit that holds the worktree's tree at the start of a turn."""
 
     session: str
-    turn: int
+    turn: int | str  # a turn number, or UNDO for the state before the last restore
     commit: str
 
     @property
     def ref(self) -> str:
         return f"{REF_PREFIX}/{self.session}/{self.turn}"
+
+
+def delete_session_checkpoints(root: str | Path, session: str) -> int:
+    """Delete every checkpoint ref of `session` (its turns, its undo point and the watcher's
+    `.seen` snapshots) in the repository containing `root`; how many refs went. A root that
+    is gone or not in git has none: 0."""
+    try:
+        doomed = [Checkpoints(root, name) for name in (session, f"{session}.seen")]
+    except (CheckpointError, OSError):
+        return 0
+    return sum(c.delete(everything=True) for c in doomed)
 
 
 class Checkpoints:
@@ -66,13 +86,15 @@ class Checkpoints:
             raise CheckpointError(f"bad session id {session!r} for a checkpoint ref")
         self.session = session
         self.root = Path(self._toplevel(root))
+        scope = Path(os.path.realpath(root)).relative_to(os.path.realpath(self.root))
+        self.scope = scope.as_posix() if scope.parts else ""
 
-    def create(self, turn: int) -> Checkpoint:
+    def create(self, turn: int | str) -> Checkpoint:
         """Snapshot the worktree as the checkpoint of `turn` (replacing one of the same turn)."""
-        if turn < 0:
+        if turn != UNDO and (not isinstance(turn, int) or turn < 0):
             raise CheckpointError(f"turn must be >= 0, got {turn}")
         with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
-            tree = self._snapshot_tree(Path(tmp) / "index")
+            tree, _ = self._snapshot_tree(Path(tmp) / "index")
         parent = self._head()
         cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{turn}"]
         commit = self._git(*cmd, *(["-p", parent] if parent else []), env=_IDENTITY).strip()
@@ -100,53 +122,104 @@ class Checkpoints:
                 found.append(Checkpoint(self.session, int(turn), commit))
         return sorted(found, key=lambda c: c.turn)
 
-    def delete(self, turn: int | None = None) -> int:
-        """Delete the checkpoint of `turn`, or all of the session's when None; how many went."""
+    def delete(self, turn: int | None = None, *, everything: bool = False) -> int:
+        """Delete the checkpoint of `turn`, or all of the session's turns when None (and the
+        undo point too with `everything`); how many went."""
         doomed = [c for c in self.list() if turn is None or c.turn == turn]
+        if everything:
+            doomed += [u for u in [self._undo_point()] if u is not None]
         if doomed:
             script = "".join(f"delete {c.ref}\n" for c in doomed)
             self._git("update-ref", "--stdin", stdin=script)
         return len(doomed)
 
     def restore(self, checkpoint: Checkpoint | int) -> list[str]:
-        """Make the worktree match `checkpoint` (see the module docstring); the paths changed."""
+        """Save the worktree as the undo point, then make it match `checkpoint` under the root
+        (see the module docstring); the paths changed."""
         target = checkpoint if isinstance(checkpoint, Checkpoint) else self.get(checkpoint)
         with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
-            now = self._snapshot_tree(Path(tmp) / "index")
-            deleted, written = self._changes(now, f"{target.commit}^{{tree}}")
+            now, skipped = self._snapshot_tree(Path(tmp) / "index")
+            self._save_undo(now)
+            deleted, written = self._changes(now, f"{target.commit}^{{tree}}", skipped)
             self._remove(deleted)
             self._checkout(f"{target.commit}^{{tree}}", written, Path(tmp) / "restore-index")
         return sorted(deleted + written)
+
+    def undo(self) -> list[str]:
+        """Put the worktree back as it was before the last `restore` (which becomes the new
+        undo point, so undoing twice is a no-op); the paths changed."""
+        point = self._undo_point()
+        if point is None:
+            raise CheckpointError(f"session {self.session} has no rewind to undo")
+        return self.restore(point)
 
     def changed_since(self, checkpoint: Checkpoint | int) -> list[str]:
         """Paths whose worktree state differs from `checkpoint` now (what `restore` would touch)."""
         target = checkpoint if isinstance(checkpoint, Checkpoint) else self.get(checkpoint)
         with tempfile.TemporaryDirectory(prefix="agent-ckpt-") as tmp:
-            now = self._snapshot_tree(Path(tmp) / "index")
-        deleted, written = self._changes(now, f"{target.commit}^{{tree}}")
+            now, skipped = self._snapshot_tree(Path(tmp) / "index")
+        deleted, written = self._changes(now, f"{target.commit}^{{tree}}", skipped)
         return sorted(deleted + written)
+
+    def _save_undo(self, tree: str) -> None:
+        parent = self._head()
+        cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{UNDO}"]
+        commit = self._git(*cmd, *(["-p", parent] if parent else []), env=_IDENTITY).strip()
+        self._git("update-ref", Checkpoint(self.session, UNDO, commit).ref, commit)
+
+    def _undo_point(self) -> Checkpoint | None:
+        ref = Checkpoint(self.session, UNDO, "").ref
+        done = self._run("rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
+        return Checkpoint(self.session, UNDO, done.stdout.strip()) if done.returncode == 0 else None
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    def _snapshot_tree(self, index: Path) -> str:
-        """The tree of the worktree as it is now, built in the temporary index `index`."""
+    def _snapshot_tree(self, index: Path) -> tuple[str, set[str]]:
+        """The tree of the worktree as it is now, built in the temporary index `index`, and the
+        untracked files left out of it for their size."""
         user_index = Path(
             self._git("rev-parse", "--path-format=absolute", "--git-path", "index").strip()
         )
         if user_index.exists():
             shutil.copy2(user_index, index)  # keep its mtime: git spots racily-clean entries by it
         env = {"GIT_INDEX_FILE": str(index)}
-        self._git("add", "-A", "--", ".", env=env)
-        return self._git("write-tree", env=env).strip()
+        skipped = self._oversized_untracked()
+        specs = [f":(literal){self.scope}" if self.scope else ".",
+                 *(f":(exclude,literal){p}" for p in sorted(skipped))]
+        self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul", env=env,
+                  stdin="".join(s + "\0" for s in specs))
+        return self._git("write-tree", env=env).strip(), skipped
 
-    def _changes(self, now: str, target: str) -> tuple[list[str], list[str]]:
-        """Paths to delete and paths to write to go from tree `now` to tree `target`."""
-        out = self._git("diff-tree", "-r", "-z", "--no-renames", now, target)
+    def _oversized_untracked(self) -> set[str]:
+        """Untracked, not ignored files under the root that a checkpoint leaves out."""
+        scope = f":(literal){self.scope}" if self.scope else "."
+        out = self._git("ls-files", "-o", "--exclude-standard", "-z", "--", scope)
+        sizes = []
+        for rel in filter(None, out.split("\0")):
+            try:
+                sizes.append((os.lstat(self.root / rel).st_size, rel))
+            except OSError:
+                continue
+        skipped, total = set(), 0
+        for size, rel in sorted(sizes):
+            if size > MAX_UNTRACKED_FILE_BYTES or total + size > MAX_UNTRACKED_TOTAL_BYTES:
+                skipped.add(rel)
+            else:
+                total += size
+        return skipped
+
+    def _changes(self, now: str, target: str, keep: set[str] = frozenset()
+                 ) -> tuple[list[str], list[str]]:
+        """Paths under the root to delete and to write to go from tree `now` to tree `target`,
+        leaving `keep` (files the snapshot `now` could not hold) alone."""
+        scope = [self.scope] if self.scope else []
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", now, target, "--", *scope,
+                        env={"GIT_LITERAL_PATHSPECS": "1"})
         fields = out.split("\0")[:-1]  # every record ends with NUL
         deleted, written = [], []
         for header, path in zip(fields[0::2], fields[1::2], strict=True):
             old_mode, new_mode, *_, status = header.lstrip(":").split(" ")
-            if _GITLINK in (old_mode, new_mode):
+            if _GITLINK in (old_mode, new_mode) or path in keep:
                 continue
             (deleted if status == "D" else written).append(path)
         return deleted, written

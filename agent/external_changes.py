@@ -3,6 +3,11 @@
 watchfiles says *whether* something changed while no turn ran; a worktree snapshot taken at the
 end of each turn (a commit under a private `.seen` checkpoint ref) says exactly *what*, so the
 note carries a real diff. Nothing earlier in the context is edited: the note is appended.
+Files a read deny rule covers are left out of the diff.
+
+The watcher thread restarts when watchfiles fails (it cannot decode a file name that is not
+UTF-8, say), treating that moment as "anything may have changed"; after `MAX_RESTARTS` failures
+it stops with one warning and every note falls back to a diff of the whole worktree.
 """
 
 from __future__ import annotations
@@ -13,19 +18,24 @@ import threading
 from pathlib import Path
 
 from agent.checkpoint import Checkpoint, CheckpointError, Checkpoints
+from agent.tools.base import ReadPolicy
 
 log = logging.getLogger(__name__)
 MAX_NOTE_CHARS = 20_000
+MAX_RESTARTS = 5
+RESTART_DELAY_S = 0.2
 
 
 class ExternalChanges:
     """Watches a repository between turns; `note()` describes what changed since the last."""
 
-    def __init__(self, root: Path, session: str):
+    def __init__(self, root: Path, session: str, read_policy: ReadPolicy | None = None):
         self.root = root
+        self._policy = read_policy  # read deny rules: those files' diffs stay out of the note
         self._seen = _checkpoints(root, f"{session}.seen")
         self._last: Checkpoint | None = None
         self._dirty: set[str] = set()
+        self.degraded = False  # the watcher gave up: every note diffs the whole worktree
         self._in_turn = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watch-repo", daemon=True)
@@ -65,21 +75,26 @@ class ExternalChanges:
 
     def note(self) -> str | None:
         """The diff of what changed outside the agent since the last turn, or None."""
+        if self.degraded:
+            self._dirty.add("")
         if not self._dirty:
             return None
         paths = [] if "" in self._dirty else sorted(self._dirty)
         diff = self._diff(paths) if self._seen and self._last else ""
         self.mark_seen()
         if not diff.strip():
-            return None if self._seen else "Changed: " + ", ".join(paths)
+            return None if self._seen or not paths else "Changed: " + ", ".join(paths)
         if len(diff) > MAX_NOTE_CHARS:
             diff = diff[:MAX_NOTE_CHARS] + f"\n[... diff cut at {MAX_NOTE_CHARS} chars ...]\n"
         return f"[note] Files changed outside the agent since the last turn:\n{diff}"
 
     def _diff(self, paths: list[str]) -> str:
         now = self._seen.create(1)
+        denied = self._policy.denied_read_patterns() if self._policy else []
+        specs = [f":(literal){p}" for p in paths] or ["."]
+        specs += [f":(exclude){p}" for p in denied]
         proc = subprocess.run(["git", "diff", "--no-color", "--no-ext-diff", self._last.commit,
-                               now.commit, "--", *paths], cwd=self._seen.root,
+                               now.commit, "--", *specs], cwd=self.root,
                               capture_output=True, text=True, errors="replace")
         return proc.stdout
 
@@ -90,10 +105,28 @@ class ExternalChanges:
             log.warning("watchfiles is not installed: outside changes are not noticed")
             return
         flt = DefaultFilter(ignore_dirs=(*DefaultFilter.ignore_dirs, ".git"))
-        for changes in watch(self.root, watch_filter=flt, stop_event=self._stop,
-                             rust_timeout=500, yield_on_timeout=False):
-            if not self._in_turn.is_set():
-                self._dirty.update(_relative(self.root, p) for _, p in changes)
+        for attempt in range(MAX_RESTARTS + 1):
+            try:
+                for changes in watch(self.root, watch_filter=flt, stop_event=self._stop,
+                                     rust_timeout=500, yield_on_timeout=False):
+                    if not self._in_turn.is_set():
+                        self._dirty.update(_relative(self.root, p) for _, p in changes)
+                return  # stopped
+            except Exception as e:  # noqa: BLE001 - watchfiles raises its own internal errors
+                self._dirty.add("")  # what it failed on is lost: diff everything next time
+                if attempt == MAX_RESTARTS:
+                    self.degraded = True
+                    log.warning("the file watcher keeps failing (%s); changes outside the agent "
+                                "are now found by diffing the whole worktree each turn",
+                                _first_line(e))
+                    return
+                log.info("file watcher failed (%s); restarting", _first_line(e))
+                if self._stop.wait(RESTART_DELAY_S):
+                    return
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _checkpoints(root: Path, session: str) -> Checkpoints | None:
@@ -106,5 +139,5 @@ def _checkpoints(root: Path, session: str) -> Checkpoints | None:
 def _relative(root: Path, path: str) -> str:
     try:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
+    except (ValueError, OSError):
         return path

@@ -94,9 +94,12 @@ def render_file(root: Path, entry: FileEntry) -> str:
     return f'<file path="{entry.path}">\n{body}</file>\n'
 
 
-def take_snapshot(root: Path, count_tokens: Callable[[str], int], budget: int) -> Snapshot:
-    """Inline text files within `budget` tokens, least to most recently changed."""
-    entries = [e for e in (classify(root, rel) for rel in list_files(root)) if e]
+def take_snapshot(root: Path, count_tokens: Callable[[str], int], budget: int,
+                  may_read: Callable[[str], bool] | None = None) -> Snapshot:
+    """Inline text files within `budget` tokens, least to most recently changed. Files
+    `may_read` refuses (read deny rules) are neither inlined nor listed."""
+    names = [rel for rel in list_files(root) if may_read is None or may_read(rel)]
+    entries = [e for e in (classify(root, rel) for rel in names) if e]
     text_files = sorted((e for e in entries if e.kind == "text"), key=lambda e: -e.mtime)
     snap = Snapshot(text="")
     chosen: list[tuple[FileEntry, str]] = []

@@ -35,6 +35,7 @@ from agent.permissions import Permissions
 from agent.repo_snapshot import take_snapshot
 from agent.tools import default_tools
 from agent.tools.base import ToolContext
+from agent.tools.processes import ProcessLimits
 from agent.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class SessionOptions:
     snapshot_fraction: float = 0.5  # of the context window, for the repository snapshot
     title: str | None = None
     replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
+    pass_env: list[str] = field(default_factory=list)  # names commands get besides the allowlist
+    process_limits: ProcessLimits | None = None  # rlimits of commands (None: the defaults)
 
 
 class SessionMismatch(Exception):
@@ -89,11 +92,13 @@ class AgentSession(QueuedHandle):
         self.backend = backend
         self.options = options or SessionOptions()
         self.workspace = Workspace(repo_root)
-        self.tools = default_tools()
+        self.tools = default_tools(limits=self.options.process_limits,
+                                   pass_env=tuple(self.options.pass_env))
         self.ctx = ToolContext(self.workspace)
         self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
                                        deny=self.options.deny, tools=self.tools,
                                        root=self.workspace.root)
+        self.ctx.read_policy = self.permissions  # read deny rules hold in grep and git too
         self.store = store
         self.resume_id = resume_id
         self.session_id = resume_id or ""
@@ -193,7 +198,8 @@ class AgentSession(QueuedHandle):
         self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
                               self._approve, recorder, self.options.loop,
                               self.backend.context_window, self.backend.default_tool_choice)
-        self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved")
+        self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved",
+                                       read_policy=self.permissions)
         self.watcher.start(resumed=restore is not None)
         self._events.put(SessionStarted(self.session_id, self.backend.name,
                                         str(self.workspace.root), restore is not None,
@@ -208,7 +214,8 @@ class AgentSession(QueuedHandle):
                                              self.backend.fingerprint, self.options.title)
             self.session_id = info.id
         budget = int(self.backend.context_window * self.options.snapshot_fraction)
-        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget)
+        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget,
+                                 may_read=self.permissions.may_read)
         for entry in snapshot.included:  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())

@@ -7,7 +7,9 @@ Files:
 - run.py: `agent run`, a headless session.
 - cache.py: `agent cache stats|gc|clear`.
 - tui.py: `agent` / `agent tui`, the Textual app over an AgentSession and the store.
-- sessions.py: `agent sessions list|show|delete|export` and `agent rewind`.
+- sessions.py: `agent sessions list|show|delete|export`.
+- sandbox_flags.py: --pass-env, --max-procs, --max-memory for how commands run.
+- rewind.py: `agent rewind`, code and conversation back to a turn; `--undo`.
 - render.py: headless output (text, json, stream-json).
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import cache, common, generate, models, run, sessions, tui
+from agent.cli import cache, common, generate, models, rewind, run, sessions, tui
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (tui, run, sessions, generate, models, cache):
+    for module in (tui, run, sessions, rewind, generate, models, cache):
         module.register(sub)
     return parser
 

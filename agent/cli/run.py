@@ -18,6 +18,7 @@ from agent.cli.common import (
     out,
     out_json,
 )
+from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
 
 MODES = ["read-only", "ask", "accept-edits", "auto"]
 
@@ -43,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--tool-choice", choices=["auto", "required", "first", "none"], default=None,
                    help="auto: the model decides; first: its first reply each turn calls a tool "
                    "and the next answers (the default for models whose template has no tools)")
+    add_sandbox_flags(p)
     p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
     p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")
     p.add_argument("--continue", dest="cont", action="store_true",
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                              deny=args.deny, title=task[:80],
                              loop=LoopConfig(max_steps=args.max_turns,
                                              gen=GenParams(max_tokens=args.max_tokens),
-                                             tool_choice=args.tool_choice))
+                                             tool_choice=args.tool_choice),
+                             **sandbox_options(args))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)
     from agent.events import Shutdown, UserInput
 

@@ -1,4 +1,4 @@
-"""`agent sessions list|show|delete|export` and `agent rewind`: the session store."""
+"""`agent sessions list|show|delete|export`: the session store."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.cli.common import EXIT_OK, UsageError, apply_dirs, out, out_json
+from agent.checkpoint import delete_session_checkpoints
+from agent.cli.common import EXIT_OK, apply_dirs, out, out_json
 from agent.cli.run import add_session_flags, open_store
 
 
@@ -29,15 +30,6 @@ def register(sub) -> None:
         if name == "export":
             a.add_argument("-o", "--output", default=None, help="write here instead of stdout")
         a.set_defaults(func=func)
-
-    rw = sub.add_parser("rewind", help="restore code and conversation to an earlier turn",
-                        description="Put the worktree back as it was when TURN started and drop "
-                        "the conversation from that turn on; the next run continues from there.")
-    add_session_flags(rw)
-    rw.add_argument("id", help="session id or a unique prefix")
-    rw.add_argument("turn", type=int, help="the turn to return to (its start)")
-    rw.add_argument("--code-only", action="store_true", help="restore files, keep the conversation")
-    rw.set_defaults(func=run_rewind)
 
 
 def _summary(s) -> dict:
@@ -87,6 +79,7 @@ def run_delete(args: argparse.Namespace) -> int:
     store = open_store()
     info = store.get(args.id)
     store.delete(info.id)
+    delete_session_checkpoints(info.repo_root, info.id)
     out(f"deleted {info.id}")
     return EXIT_OK
 
@@ -100,22 +93,4 @@ def run_export(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text + "\n")
     else:
         out(text)
-    return EXIT_OK
-
-
-def run_rewind(args: argparse.Namespace) -> int:
-    from agent.checkpoint import Checkpoints
-
-    apply_dirs(args)
-    store = open_store()
-    info = store.get(args.id)
-    marks = {c.turn: c for c in store.checkpoints(info.id)}
-    if args.turn not in marks:
-        known = ", ".join(str(t) for t in sorted(marks)) or "none"
-        raise UsageError(f"session {info.id} has no checkpoint for turn {args.turn} "
-                         f"(turns with checkpoints: {known})")
-    Checkpoints(info.repo_root, info.id).restore(args.turn)
-    if not args.code_only:
-        store.truncate_to_turn(info.id, args.turn - 1)
-    out(f"rewound {info.id} to the start of turn {args.turn}")
     return EXIT_OK

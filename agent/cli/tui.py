@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
 from agent.cli.run import MODES, add_session_flags, open_store, resolve_resume
+from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
 
 
 def register(sub) -> None:
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--permission-mode", choices=MODES, default="ask")
     p.add_argument("--max-turns", type=int, default=12, help="model calls per message")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
+    add_sandbox_flags(p)
     p.add_argument("--resume", metavar="ID", help="resume this session (id or prefix)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="resume the most recent session of this repository")
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, **model_options(args), progress=True)
     options = SessionOptions(permission_mode=args.permission_mode, replay_history=True,
                              loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens)))
+                                             gen=GenParams(max_tokens=args.max_tokens)),
+                             **sandbox_options(args))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)
     app = AgentApp(session, StoreCatalog(store, backend, repo, options),
                    AppInfo(backend.name, str(repo), backend.context_window, resume or ""),

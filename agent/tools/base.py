@@ -8,7 +8,6 @@ the loop.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import uuid
@@ -16,10 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from agent.tool_calls import BadArguments, check_json, load_json
 from agent.workspace import Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ ToolKind = Literal["read", "edit", "exec"]
 
 # What the model sees of a long output (shell, git): about 30K chars, head and tail kept.
 MAX_TOOL_OUTPUT_CHARS = 30_000
+# What the UI shows and the session stores of it (`full_output`); the whole is in a file.
+MAX_STORED_OUTPUT_CHARS = 1_000_000
 
 
 class ToolArgs(BaseModel):
@@ -51,10 +53,11 @@ class ToolError(Exception):
 class ToolResult:
     """What one tool call produced.
 
-    `content` is what the model sees, already cut to size. `full_output` is the whole output of a
-    command (shell, git), cut or not, for the UI and the store; None where `content` is the whole
-    result. `metadata` carries JSON-able facts for front ends: `diff` for edits, `exit_code` and
-    `pid` for commands, `path` touched, `output_file` where a long output was saved.
+    `content` is what the model sees, already cut to size. `full_output` is the output of a
+    command (shell, git) for the UI and the store, cut at MAX_STORED_OUTPUT_CHARS (the whole is
+    in the file `metadata["output_file"]`); None where `content` is the whole result.
+    `metadata` carries JSON-able facts for front ends: `diff` for edits, `exit_code` and `pid`
+    for commands, `path` touched, `output_file` where a long output was saved.
     """
 
     ok: bool
@@ -120,17 +123,29 @@ class FileStateTracker:
             self._seen.pop(path, None)
 
 
+class ReadPolicy(Protocol):
+    """Which files a tool may show the contents of on its own (the session's Permissions)."""
+
+    def may_read(self, path: str | Path) -> bool:
+        """Whether no read deny rule covers `path` (relative to the root, or absolute)."""
+
+    def denied_read_patterns(self) -> list[str]:
+        """The fnmatch patterns of the read deny rules."""
+
+
 @dataclass
 class ToolContext:
     """What a tool may use. One per session: the tracker must outlive turns.
 
     The loop clears `cancel` when a turn starts and sets it on Interrupt; long-running tools
-    (shell, grep) check it and stop early.
+    (shell, grep) check it and stop early. `read_policy` keeps read deny rules for files a tool
+    reads on its own (grep's files, git's pathspecs); None: no such rules.
     """
 
     workspace: Workspace
     files: FileStateTracker = field(default_factory=FileStateTracker)
     cancel: threading.Event = field(default_factory=threading.Event)
+    read_policy: ReadPolicy | None = None
 
 
 class Tool(ABC):
@@ -159,6 +174,15 @@ class Tool(ABC):
         """The kind of this particular call (git status reads, git commit executes)."""
         return self.kind
 
+    def rule_subject(self, args: Mapping[str, Any]) -> str:
+        """The main argument as permission rules match it (git trims its subcommand)."""
+        if self.main_arg is None:
+            return ""
+        value = args.get(self.main_arg)
+        if value is None and self.main_arg == "path":
+            value = args.get("file_path")  # the alias file tools accept
+        return "" if value is None else str(value)
+
     def schema(self) -> dict[str, Any]:
         """The OpenAI / Hermes function schema: stable, so it can sit in the cached prefix."""
         params = _tidy_schema(self.Args.model_json_schema())
@@ -175,7 +199,7 @@ class Tool(ABC):
 def run_tool(tool: Tool, raw_args: Mapping[str, Any] | str | None, ctx: ToolContext) -> ToolResult:
     """Validate `raw_args` and run `tool`; every failure becomes a ToolResult with ok=False."""
     try:
-        args = tool.Args.model_validate(_as_mapping(raw_args))
+        args = tool.Args.model_validate(_as_mapping(raw_args, tool.name))
         return tool.run(args, ctx)
     except ValidationError as e:
         return ToolResult.fail(f"{tool.name}: bad arguments: {_validation_summary(e)}")
@@ -214,15 +238,17 @@ def new_output_path(ctx: ToolContext, label: str) -> Path:
     return out_dir / f"{label}-{uuid.uuid4().hex[:10]}.log"
 
 
-def _as_mapping(raw: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
+def _as_mapping(raw: Mapping[str, Any] | str | None, tool_name: str) -> Mapping[str, Any]:
     # Some models send the arguments as a JSON string, or nothing for a no-argument call.
     if raw is None:
         return {}
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as e:
-            raise ToolError(f"arguments are not valid JSON ({e.msg}); send a JSON object") from e
+    try:
+        if isinstance(raw, str):
+            raw = load_json(raw) if raw.strip() else {}
+        else:
+            check_json(raw)
+    except BadArguments as e:
+        raise ToolError(f"{tool_name}: bad arguments: {e}; send a JSON object") from None
     if not isinstance(raw, Mapping):
         raise ToolError(f"arguments must be a JSON object, got {type(raw).__name__}")
     return raw

@@ -36,10 +36,10 @@ class EditTool(Tool):
 
     def run(self, args: EditArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path, write=True)
-        shown = ctx.workspace.relative(path)
+        shown = ctx.workspace.shown(path)
         if not path.is_file():
             raise ToolError(f"file not found: {shown}; use write to create a file")
-        data = path.read_bytes()
+        data = ctx.workspace.read_bytes(path)
         stale = ctx.files.stale_reason(path, data, shown)
         if stale:
             raise ToolError(stale)
@@ -93,7 +93,7 @@ def decode(data: bytes) -> str:
 def write_text(path: Path, text: str, ctx: ToolContext) -> None:
     """Write `text` (as `decode` read it) and record it as seen: the model wrote it."""
     data = text.encode("utf-8", errors="surrogateescape")
-    path.write_bytes(data)
+    ctx.workspace.write_bytes(path, data)
     ctx.files.record(path, data)
 
 

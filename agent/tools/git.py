@@ -1,4 +1,9 @@
-"""git: status, diff, log, show and commit through GitPython; never push, never amend."""
+"""git: status, diff, log, show and commit through GitPython; never push, never amend.
+
+Arguments are checked by what git would make of them (agent/tools/git_args.py): abbreviated
+options, files outside the workspace and read-denied paths are refused. git runs at the
+workspace root, so pathspecs are relative to it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import git
 from pydantic import Field
 
 from agent.tools.base import (
+    MAX_STORED_OUTPUT_CHARS,
     MAX_TOOL_OUTPUT_CHARS,
     Tool,
     ToolArgs,
@@ -20,13 +26,12 @@ from agent.tools.base import (
     clip_text,
     save_output,
 )
+from agent.tools.git_args import check_args
 from agent.tools.shell import NONINTERACTIVE_ENV
 
 READ_SUBCOMMANDS = ("status", "diff", "log", "show")
 ALLOWED = (*READ_SUBCOMMANDS, "commit")
 GIT_TIMEOUT_S = 120
-# --output writes a file anywhere (outside the sandbox); the rest rewrite published history.
-FORBIDDEN_ARG_PREFIXES = ("--output", "--amend", "--fixup=amend", "--fixup=reword")
 # -m, -F, -C alone or in a cluster (-am), or their long forms
 _MESSAGE_ARG = re.compile(r"-[a-zA-Z]*[mFC]|--(message|file|reuse-message)(=|$)")
 
@@ -57,45 +62,49 @@ class GitTool(Tool):
 
     def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
         """Reading subcommands are reads; commit changes the repository."""
-        return "read" if args.get("subcommand") in READ_SUBCOMMANDS else "exec"
+        return "read" if self.rule_subject(args) in READ_SUBCOMMANDS else "exec"
+
+    def rule_subject(self, args: Mapping[str, Any]) -> str:
+        """The subcommand as git will run it: `" commit"` is `commit` to the rules too."""
+        value = args.get("subcommand")
+        return value.strip() if isinstance(value, str) else ""
 
     def run(self, args: GitArgs, ctx: ToolContext) -> ToolResult:
         sub = args.subcommand.strip()
-        argv = [sub, *_checked_args(sub, args)]
+        argv = [sub, *_checked_args(sub, args, ctx)]
         repo = _open_repo(ctx)
         code, out, err = repo.git.execute(
-            ["git", "-c", "color.ui=never", *argv],
+            ["git", "-C", str(ctx.workspace.root), "-c", "color.ui=never", *argv],
             with_extended_output=True,
             with_exceptions=False,
             env=NONINTERACTIVE_ENV,
             kill_after_timeout=GIT_TIMEOUT_S,
         )
         text = _printable("\n".join(part for part in (out, err) if part)) or "(no output)"
-        content, meta = text, {"exit_code": code, "subcommand": sub}
+        content, stored, meta = text, text, {"exit_code": code, "subcommand": sub}
         if len(text) > MAX_TOOL_OUTPUT_CHARS:
             saved = save_output(ctx, f"git-{sub}", text)
             content, meta["output_file"] = clip_text(text, saved), str(saved)
-        return ToolResult(code == 0, content, full_output=text, metadata=meta)
+            stored = clip_text(text, saved, MAX_STORED_OUTPUT_CHARS)
+        return ToolResult(code == 0, content, full_output=stored, metadata=meta)
 
 
-def _checked_args(sub: str, args: GitArgs) -> list[str]:
+def _checked_args(sub: str, args: GitArgs, ctx: ToolContext) -> list[str]:
     if sub not in ALLOWED:
         raise ToolError(
             f"git {sub} is not available; use one of: {', '.join(ALLOWED)} "
             "(or the shell tool for other read-only git commands)"
         )
-    for arg in args.args:
-        if arg.startswith(FORBIDDEN_ARG_PREFIXES):
-            raise ToolError(f"git {sub} {arg} is not allowed")
+    checked = check_args(sub, list(args.args), ctx.workspace, ctx.read_policy)
     if sub != "commit":
         if args.message is not None:
             raise ToolError("message is only for commit")
-        return list(args.args)
+        return checked
     if args.message is not None:
-        return ["-m", args.message, *args.args]
-    if not any(_gives_message(a) for a in args.args):
+        return ["-m", args.message, *checked]
+    if not any(_gives_message(a) for a in checked):
         raise ToolError("git commit needs a message: set the message argument")
-    return list(args.args)
+    return checked
 
 
 def _printable(text: str) -> str:

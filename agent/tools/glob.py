@@ -8,6 +8,7 @@ import re
 from pydantic import Field
 
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, ToolResult
+from agent.workspace import display_name
 
 MAX_GLOB_RESULTS = 200
 
@@ -26,7 +27,8 @@ class GlobTool(Tool):
     description = (
         "Find files by name pattern, relative to the repository root (or to path). `*` and `?` "
         "stay within one directory, `**` crosses directories, `{a,b}` gives alternatives. "
-        "Skips .git/ and git-ignored files. Newest files first."
+        "Skips .git/ and git-ignored files. Newest files first. Names with unusual characters "
+        'are shown quoted with escapes ("a\\nb.py"); pass them back exactly as shown.'
     )
     Args = GlobArgs
     kind = "read"
@@ -43,7 +45,9 @@ class GlobTool(Tool):
         hits.sort(key=lambda f: (-_mtime(os.path.join(ws.root, f)), f))
         if not hits:
             return ToolResult(True, f"No files match {args.pattern!r}.", metadata={"count": 0})
-        body = "\n".join(hits[:MAX_GLOB_RESULTS])
+        # one name a line: names that would break the listing (newlines, bytes that are not
+        # UTF-8) are quoted, and read/edit accept the quoted form back
+        body = "\n".join(display_name(h) for h in hits[:MAX_GLOB_RESULTS])
         if len(hits) > MAX_GLOB_RESULTS:
             body += f"\n({len(hits) - MAX_GLOB_RESULTS} more not shown; narrow the pattern)"
         return ToolResult(True, body, metadata={"count": len(hits)})

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, ToolResult, path_field
+from agent.workspace import display_name
 
 DEFAULT_LIMIT = 2000
 MAX_LINE_CHARS = 2000
@@ -39,12 +40,12 @@ class ReadTool(Tool):
 
     def run(self, args: ReadArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path)
-        shown = ctx.workspace.relative(path)
+        shown = ctx.workspace.shown(path)
         if path.is_dir():
             return _list_dir(path, shown)
         if not path.exists():
             raise ToolError(_not_found(shown, ctx))
-        data = _load(path, shown)
+        data = _load(path, shown, ctx)
         ctx.files.record(path, data)
         lines = data.decode("utf-8", errors="replace").split("\n")
         if lines[-1] == "":
@@ -53,7 +54,7 @@ class ReadTool(Tool):
         return ToolResult(True, content, metadata={"path": shown, "lines": len(lines)})
 
 
-def _load(path: Path, shown: str) -> bytes:
+def _load(path: Path, shown: str, ctx: ToolContext) -> bytes:
     if not path.is_file():
         raise ToolError(f"{shown} is not a regular file")
     size = path.stat().st_size
@@ -62,7 +63,7 @@ def _load(path: Path, shown: str) -> bytes:
             f"{shown} is too large to read ({size:,} bytes); use grep, or shell with "
             "head/sed -n to read parts of it"
         )
-    data = path.read_bytes()
+    data = ctx.workspace.read_bytes(path, MAX_FILE_BYTES + 1)
     if b"\0" in data[:8192]:
         raise ToolError(f"{shown} is a binary file ({size:,} bytes); read shows text files only")
     return data
@@ -92,7 +93,9 @@ def _cut(line: str) -> str:
 
 
 def _list_dir(path: Path, shown: str) -> ToolResult:
-    entries = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(path))
+    entries = sorted(
+        display_name(e.name) + ("/" if e.is_dir() else "") for e in os.scandir(path)
+    )
     body = "\n".join(entries[:MAX_DIR_ENTRIES]) or "(empty directory)"
     if len(entries) > MAX_DIR_ENTRIES:
         body += f"\n({len(entries) - MAX_DIR_ENTRIES} more entries not shown; use glob)"
@@ -104,6 +107,6 @@ def _not_found(given: str, ctx: ToolContext) -> str:
     # difflib is quadratic per pair: fuzzy-match only a bounded list
     close = difflib.get_close_matches(given, files[:20_000], n=3, cutoff=0.6)
     by_name = [f for f in files if Path(f).name == Path(given).name and f not in close]
-    hints = (close + by_name)[:3]
+    hints = [display_name(h) for h in (close + by_name)[:3]]
     suggestion = f"; did you mean {', '.join(hints)}?" if hints else ""
     return f"file not found: {given}{suggestion}"

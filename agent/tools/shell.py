@@ -1,25 +1,26 @@
-"""shell: bash commands in their own process group, with a timeout that kills the whole group.
+"""shell: bash commands in their own session, with a timeout that kills everything they started.
 
 Output (stdout and stderr interleaved) is spooled to a file in the workspace's output directory,
 not a pipe: a child that keeps the pipe open cannot hang us, a background job's output can be read
-while it runs, and a long output stays retrievable after it was cut for the model.
+while it runs, and a long output stays retrievable after it was cut for the model (the copy kept
+in the session is cut too, at `MAX_STORED_OUTPUT_CHARS`). How commands are started, limited and
+killed (environment allowlist, rlimits, process trees, the watchdog) is agent/tools/processes.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from pydantic import Field
 
+from agent.tools import reaper
 from agent.tools.base import (
+    MAX_STORED_OUTPUT_CHARS,
     MAX_TOOL_OUTPUT_CHARS,
     Tool,
     ToolArgs,
@@ -28,6 +29,14 @@ from agent.tools.base import (
     ToolResult,
     clip_text,
     new_output_path,
+)
+from agent.tools.processes import (
+    ProcessLimits,
+    Watchdog,
+    child_env,
+    limited_argv,
+    new_tag,
+    wait_or_stop,
 )
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -80,25 +89,59 @@ class Job:
     command: str
     proc: subprocess.Popen[bytes]
     output: Path
+    tag: str
     read_upto: int = 0
 
 
 class JobTable:
-    """The session's background jobs, shared by shell (starts them) and shell_output.
+    """The session's commands: how they start (`limits`, the `pass_env` names added to the
+    environment allowlist) and end, and the background jobs shell_output reads.
 
-    `kill_grace_s` is how long a process group gets between SIGTERM and SIGKILL, for background
-    jobs and foreground commands alike.
+    `kill_grace_s` is how long a command's processes get between SIGTERM and SIGKILL, for
+    background jobs and foreground commands alike.
     """
 
-    def __init__(self, kill_grace_s: float = 2.0) -> None:
+    def __init__(self, kill_grace_s: float = 2.0, *, limits: ProcessLimits | None = None,
+                 pass_env: tuple[str, ...] = ()) -> None:
         self.kill_grace_s = kill_grace_s
+        self.limits = limits or ProcessLimits()
+        self.pass_env = pass_env
         self._jobs: dict[int, Job] = {}
+        self._tags: dict[int, str] = {}  # pid of each live command's shell -> its tag
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
+
+    def spawn(self, command: str, cwd: Path, out_path: Path) -> subprocess.Popen[bytes]:
+        """Start `command` (see `spawn`), limited, tagged and registered with the watchdog."""
+        tag = new_tag()
+        env = child_env({**NONINTERACTIVE_ENV, reaper.TAG_VAR: tag}, self.pass_env)
+        proc = spawn(limited_argv(command, self.limits), cwd, out_path, env)
+        with self._lock:
+            self._tags[proc.pid] = tag
+        self._watchdog.register(tag, proc.pid)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill everything the command `proc` started: its group, descendants and tagged."""
+        tag = self._tags.get(proc.pid, "")
+        reaper.kill_job(proc.pid, tag, self.kill_grace_s, leader=proc.pid)
+        proc.poll()
+
+    def leftovers(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether processes the (finished) command `proc` started are still running."""
+        return bool(reaper.job_pids(proc.pid, self._tags.get(proc.pid, ""), leader=proc.pid))
+
+    def finished(self, proc: subprocess.Popen[bytes]) -> None:
+        """The command and all it started are gone: stop tracking it."""
+        with self._lock:
+            tag = self._tags.pop(proc.pid, None)
+        if tag is not None:
+            self._watchdog.forget(tag)
 
     def add(self, command: str, proc: subprocess.Popen[bytes], output: Path) -> Job:
         """Register a started job under the next id."""
         with self._lock:
-            job = Job(len(self._jobs) + 1, command, proc, output)
+            job = Job(len(self._jobs) + 1, command, proc, output, self._tags.get(proc.pid, ""))
             self._jobs[job.id] = job
         return job
 
@@ -116,7 +159,9 @@ class JobTable:
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
-            kill_group(job.proc, self.kill_grace_s)
+            self.kill(job.proc)
+            self.finished(job.proc)
+        self._watchdog.close()
 
 
 class Outcome(NamedTuple):
@@ -148,7 +193,7 @@ class ShellTool(Tool):
 
     def run(self, args: ShellArgs, ctx: ToolContext) -> ToolResult:
         out_path = new_output_path(ctx, "shell")
-        proc = spawn(args.command, ctx.workspace.root, out_path)
+        proc = self.jobs.spawn(args.command, ctx.workspace.root, out_path)
         if args.background:
             return self._started(self.jobs.add(args.command, proc, out_path))
         timeout = min(args.timeout_s, MAX_TIMEOUT_S)
@@ -162,10 +207,12 @@ class ShellTool(Tool):
         self, proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event, out_path: Path
     ) -> Outcome:
         stopped = _watch(proc, timeout, cancel, out_path)
-        leftovers = stopped is None and group_alive(proc.pid)
+        leftovers = stopped is None and self.jobs.leftovers(proc)
         if stopped or leftovers:
-            kill_group(proc, self.jobs.kill_grace_s)
-        return Outcome(proc.wait(), stopped, leftovers, proc.pid)
+            self.jobs.kill(proc)
+        code = proc.wait()
+        self.jobs.finished(proc)
+        return Outcome(code, stopped, leftovers, proc.pid)
 
     def _started(self, job: Job) -> ToolResult:
         text = (
@@ -203,7 +250,7 @@ class ShellOutputTool(Tool):
     def run(self, args: ShellOutputArgs, ctx: ToolContext) -> ToolResult:
         job = self.jobs.get(args.job_id)
         if args.kill:
-            kill_group(job.proc, self.jobs.kill_grace_s)
+            self.jobs.kill(job.proc)
         text = read_output(job.output)
         new, job.read_upto = text[job.read_upto :], len(text)
         code = job.proc.poll()
@@ -212,22 +259,23 @@ class ShellOutputTool(Tool):
         return ToolResult(
             True,
             f"{body}\n[job {job.id}: {status}]",
-            full_output=new,
+            full_output=clip_text(new, job.output, MAX_STORED_OUTPUT_CHARS),
             metadata={"job_id": job.id, "exit_code": code},
         )
 
 
-def spawn(command: str, cwd: Path, out_path: Path) -> subprocess.Popen[bytes]:
-    """Start `command` under bash in a new session (so its process group can be killed)."""
+def spawn(argv: list[str], cwd: Path, out_path: Path, env: dict[str, str]
+          ) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session (so its process group can be killed)."""
     with open(out_path, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            ["bash", "-c", command],
+            argv,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **NONINTERACTIVE_ENV},
+            env=env,
         )
 
 
@@ -235,62 +283,18 @@ def _watch(
     proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event, out_path: Path
 ) -> str | None:
     """Wait for the command; the reason to stop it early, or None once it exited by itself."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if cancel.wait(POLL_S):
-            return "cancelled"
-        if time.monotonic() > deadline:
-            return f"timed out after {timeout:g} s"
+
+    def too_much() -> str | None:
         if out_path.stat().st_size > MAX_OUTPUT_BYTES:
             return f"output passed {MAX_OUTPUT_BYTES // 2**20} MiB"
-    return None
+        return None
 
-
-def kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM the process group led by `proc`, then SIGKILL whatever is left after `grace_s`."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()  # reap the leader, so it does not linger as a zombie
-            time.sleep(POLL_S)
-        if not group_alive(proc.pid):
-            break
-    proc.poll()
+    return wait_or_stop(proc, timeout, cancel, POLL_S, too_much)
 
 
 def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is in the group `pgid`."""
-    if not os.path.isdir("/proc"):
-        return _group_signalable(pgid)
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _proc_in_group(entry.name, pgid):
-            return True
-    return False
-
-
-def _proc_in_group(pid: str, pgid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False  # it exited while we looked
-    # the command name may hold spaces and parentheses: fields start after the last ')'
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid
-
-
-def _group_signalable(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(reaper.job_pids(pgid, ""))
 
 
 def read_output(path: Path) -> str:
@@ -317,7 +321,8 @@ def _result(outcome: Outcome, text: str, out_path: Path, notes: list[str]) -> To
     }
     ok = outcome.exit_code == 0 and not outcome.stopped
     body = (content.rstrip("\n") or "(no output)") + "\n[" + "; ".join(notes) + "]"
-    return ToolResult(ok, body, full_output=text, metadata=meta)
+    stored = clip_text(text, out_path, MAX_STORED_OUTPUT_CHARS)
+    return ToolResult(ok, body, full_output=stored, metadata=meta)
 
 
 def _exit_text(code: int | None) -> str:

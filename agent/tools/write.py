@@ -29,12 +29,11 @@ class WriteTool(Tool):
 
     def run(self, args: WriteArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path, write=True)
-        shown = ctx.workspace.relative(path)
+        shown = ctx.workspace.shown(path)
         if path.is_dir():
             raise ToolError(f"{shown} is a directory; give a file path")
         existed = path.exists()
         before = self._current(path, shown, ctx) if existed else ""
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, args.content, ctx)
         diff = unified_diff(before, args.content, shown, new_file=not existed)
         lines = args.content.count("\n") + (not args.content.endswith("\n") and bool(args.content))
@@ -44,7 +43,7 @@ class WriteTool(Tool):
 
     @staticmethod
     def _current(path: Path, shown: str, ctx: ToolContext) -> str:
-        data = path.read_bytes()
+        data = ctx.workspace.read_bytes(path)
         stale = ctx.files.stale_reason(path, data, shown)
         if stale:
             raise ToolError(stale.replace("then edit", "then write"))

@@ -50,7 +50,7 @@ def test_schemas_have_the_function_shape():
         ({"path": 3}, "read: bad arguments: path: input should be a valid string"),
         ({"path": "a", "offset": 0}, "offset: input should be greater than or equal to 1"),
         ({"path": "a", "bogus": 1}, "bogus: extra inputs are not permitted"),
-        ("{not json", "arguments are not valid JSON"),
+        ("{not json", "read: bad arguments: not valid JSON"),
         ([1, 2], "arguments must be a JSON object, got list"),
     ],
 )

@@ -105,8 +105,9 @@ class AgentLoop:
 
     def run_turn(self, turn: int, user_text: str, preamble: list[dict] | None = None
                  ) -> TurnFinished:
-        """One user message, answered through as many model steps as it takes (or the limit)."""
-        self.cancel.clear()
+        """One user message, answered through as many model steps as it takes (or the limit).
+
+        A cancel set before the turn starts stops it at once (the caller clears stale ones)."""
         self._last_calls, self._repeating = None, False
         self.emit(TurnStarted(turn, user_text))
         tally = _TurnTally()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backends.base import ModelBackend
+from agent.backends.base import AppendCancelled, ModelBackend
 from agent.context import system_message
 from agent.events import (
     RECORD_ONLY,
@@ -119,6 +119,7 @@ class AgentSession(QueuedHandle):
         self.turn = 0
         self.last_status = ""
         self._locked = False
+        self._stopping = False
         self._pending: list[UserInput] = []
         self.loop: AgentLoop | None = None
         self._thread = threading.Thread(target=self._main, name="agent-session", daemon=True)
@@ -130,6 +131,13 @@ class AgentSession(QueuedHandle):
         if isinstance(op, Interrupt):
             self.ctx.cancel.set()  # reach a running turn at once, not after it ends
         super().submit(op)
+
+    def stop(self) -> None:
+        """Interrupt the running turn and start no other: queued input is dropped and the
+        session closes, keeping what the turn had (Ctrl-C or SIGTERM in `agent run`)."""
+        self._stopping = True
+        self.ctx.cancel.set()
+        super().submit(Shutdown())
 
     def _emit(self, event: Event) -> None:
         if self.session_id and isinstance(event, RECORDED):
@@ -148,6 +156,9 @@ class AgentSession(QueuedHandle):
                 pass
         except (StoreError, SessionMismatch) as e:  # one line that names the fix
             self._events.put(Error(str(e), fatal=True))
+        except AppendCancelled:
+            self.last_status = "interrupted"
+            self._events.put(Error("interrupted while reading the repository", fatal=True))
         except Exception as e:  # the loop's own failure: tell the front end, keep the trace
             log.warning("session failed", exc_info=True)
             self.last_status = "error"
@@ -160,7 +171,9 @@ class AgentSession(QueuedHandle):
         if isinstance(op, Shutdown):
             return False
         if isinstance(op, UserInput):
-            self._run_turn(op.text)
+            self.loop.cancel.clear()  # an interrupt between turns is spent; `stop` is not
+            if not self._stopping:
+                self._run_turn(op.text)
         if isinstance(op, _Rewind):
             self._rewind(op)
         return True  # a stray approval or interrupt between turns
@@ -246,7 +259,7 @@ class AgentSession(QueuedHandle):
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())
         system = system_message(schemas, snapshot, self.backend.template_supports_tools())
-        appended = conv.append([system], generation_prompt=False,
+        appended = conv.append([system], generation_prompt=False, cancel=self.ctx.cancel,
                                progress=lambda d, t: self._events.put(Progress("ingest", d, t)))
         conv.carried = appended
         self._events.put(Progress("ingest", appended.new_tokens, appended.new_tokens))

@@ -20,6 +20,11 @@ from runtime.engine.sampling import SamplingParams
 from runtime.local_model import LocalModel
 
 
+# Template variables: Llama 3.1 puts tools in the first user message unless told otherwise,
+# and the system message (instructions, tools, repository) is rendered before there is one.
+RENDER_OPTIONS = {"tools_in_user_message": False}
+
+
 class LocalBackend(ModelBackend):
     """Serves conversations from a LocalModel's engine."""
 
@@ -31,7 +36,7 @@ class LocalBackend(ModelBackend):
         self.default_tool_choice = "auto" if self.template_supports_tools() else "first"
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer.encode(text))
+        return len(self.model.tokenizer.encode_text(text))
 
     def template_supports_tools(self) -> bool:
         template = self.model.template
@@ -96,7 +101,7 @@ class LocalConversation(Conversation):
         plain text (a file holding `<|im_end|>` cannot forge a turn)."""
         tok = self.model.tokenizer
         pieces = self.model.template.render_pieces(self.messages, messages, self.tools,
-                                                   generation_prompt)
+                                                   generation_prompt, **RENDER_OPTIONS)
         ids = tok.encode(self._bridge)
         for piece in pieces:
             ids += tok.encode(piece.text) if piece.markup else tok.encode_text(piece.text)
@@ -168,8 +173,8 @@ class LocalConversation(Conversation):
         """The template text between a reply as generated (`spelled`, its end token included)
         and the next message."""
         template, before = self.model.template, self.messages[:-1]
-        opened = template.render(before, self.tools, True)
-        full = template.render(self.messages, self.tools, False)
+        opened = template.render(before, self.tools, True, **RENDER_OPTIONS)
+        full = template.render(self.messages, self.tools, False, **RENDER_OPTIONS)
         rendered = full[len(opened):] if full.startswith(opened) else ""
         if rendered.startswith(spelled):
             return rendered[len(spelled):]

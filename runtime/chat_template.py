@@ -161,7 +161,7 @@ class ChatTemplate:
                        add_generation_prompt: bool, strip: bool, **kwargs: Any
                        ) -> list[Piece] | None:
         every = previous + new
-        tag = _unused_tag(every)
+        tag = _unused_tag(new)  # only the new part of the rendering is split
         opening, closing = f"\ue000{tag}\ue001", f"\ue002{tag}\ue003"
 
         def mark(messages: list[Message]) -> list[Message]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from tokenizers import Tokenizer as Backend
@@ -44,8 +44,14 @@ class Chat:
     def stop_ids(self) -> frozenset[int]:
         return self.tokenizer.eos_ids
 
+    @property
+    def end_id(self) -> int:
+        """The token that ends a turn in this template."""
+        end = "<|eot_id|>" if self.name == "llama31" else "<|im_end|>"
+        return self.tokenizer.token_to_id(end)
 
-@lru_cache(maxsize=None)
+
+@cache
 def chat(name: str, gguf: Path) -> Chat:
     """One of TEMPLATES over the embedded model's vocabulary."""
     smol = Tokenizer.from_gguf(gguf)

@@ -73,8 +73,7 @@ def _session(template, tmp_path, text: str, name: str) -> list[list[int]]:
     segments = [conv.append([system], generation_prompt=False).ids]
     segments.append(conv.append([{"role": "user", "content": f"note: {text}"},
                                  {"role": "user", "content": text}]).ids)
-    stop = min(template.stop_ids - {0})  # the template's end of turn (<|im_end|>, <|eot_id|>)
-    reply = tok.encode_text("reading") + [stop]
+    reply = tok.encode_text("reading") + [template.end_id]
     conv._finish(reply, "stop", 0.0)
     segments.append(conv.append([{"role": "tool", "name": "read", "content": text}]).ids)
     return segments

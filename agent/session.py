@@ -375,6 +375,8 @@ class AgentSession(QueuedHandle):
             if getattr(self, "watcher", None):
                 self.watcher.stop()
             self.backend.flush()
+            if self.loop is not None:  # its pages go back to the pool (cached, not held)
+                self.loop.conv.close()
             if self._locked:
                 status = self.last_status if self.last_status in ("interrupted", "error") \
                     else "finished"

@@ -109,6 +109,10 @@ class Conversation(ABC):
     def context_tokens(self) -> int:
         """Tokens resident in the context now (0 if unknown)."""
 
+    def close(self) -> None:
+        """Release what the context holds (its KV pages); the conversation is not used after."""
+        return None
+
 
 class MessageConversation(Conversation):
     """A conversation that is only its message list (a remote server keeps the KV, or none).

@@ -19,7 +19,6 @@ from agent.backends.base import (
 from runtime.engine.sampling import SamplingParams
 from runtime.local_model import LocalModel
 
-
 # Template variables: Llama 3.1 puts tools in the first user message unless told otherwise,
 # and the system message (instructions, tools, repository) is rendered before there is one.
 RENDER_OPTIONS = {"tools_in_user_message": False}
@@ -183,6 +182,9 @@ class LocalConversation(Conversation):
         if at < 0:  # the template writes no end token: nothing is owed
             return ""
         return rendered[at + len(end):] if spelled.endswith(end) else rendered[at:]
+
+    def close(self) -> None:
+        self.model.engine.release(self.seq)
 
     def mark(self) -> dict[str, Any]:
         return {"messages": len(self.messages), "tokens": len(self.seq.tokens),

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, delete, insert, select
 
-from memory.store import locks
+from memory.store import locks, records
 from memory.store import queries as q
-from memory.store import records
 from memory.store.db import (
     StoreError,
     Synchronous,

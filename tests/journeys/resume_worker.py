@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.events import Note, Progress, SessionStarted, Shutdown, TurnFinished, UserInput
+from agent.events import Error, Note, Progress, SessionStarted, Shutdown, TurnFinished, UserInput
 from agent.session import AgentSession, SessionOptions
 from memory.store import SessionStore
 from runtime import settings
@@ -50,6 +50,8 @@ def _outcome(session: AgentSession, seen: list[str], expect: list[str]) -> dict:
             status, cached = event.status, event.usage.cached_tokens
         elif isinstance(event, Note):
             notes.append(event.text)
+        elif isinstance(event, Error):
+            notes.append(f"error: {event.message}")
     text = "\n".join(seen)
     return {"status": status, "restored": restored, "cached": cached, "notes": notes,
             "found": {e: e in text for e in expect}}

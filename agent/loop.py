@@ -288,8 +288,8 @@ def context_full_advice(e: ContextFull) -> str:
     """The one line a turn that ran out of window ends with."""
     return (f"the context window is full ({e.context:,} of {e.window:,} tokens held, "
             f"{e.adding:,} more needed, the rest kept for the reply): use a model with a "
-            "bigger window, or start a new session (without --continue/--resume), which "
-            "begins from a fresh snapshot of the repository")
+            "bigger window or a larger --max-context, or start a new session (without "
+            "--continue/--resume), which begins from a fresh snapshot of the repository")
 
 
 def _too_long(message: dict, e: ContextFull) -> dict:

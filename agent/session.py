@@ -269,17 +269,20 @@ class AgentSession(QueuedHandle):
 
     def _snapshot(self, schemas):
         """The repository within its budget: a share of the window that leaves the reply room
-        and some conversation; smaller again while the system message would not fit."""
-        window, room = self.backend.context_window, self.loop.reply_room
-        fixed = self.backend.count_tokens(system_message(
-            schemas, None, self.backend.template_supports_tools())["content"])
-        budget = snapshot_budget(window, room, fixed, self.options.snapshot_fraction)
+        and some conversation. The snapshot is measured as rendered (its list of left-out
+        files included) and taken again smaller while it is over."""
+        count = self.backend.count_tokens
+        fixed = count(system_message(schemas, None,
+                                     self.backend.template_supports_tools())["content"])
+        target = snapshot_budget(self.backend.context_window, self.loop.reply_room, fixed,
+                                 self.options.snapshot_fraction)
+        budget = target
         while True:
-            snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget)
-            used = fixed + self.backend.count_tokens(snapshot.text or "")
-            if used + room <= window or budget == 0:
+            snapshot = take_snapshot(self.workspace.root, count, budget)
+            size = count(snapshot.text or "")
+            if size <= target or budget == 0:
                 return snapshot
-            budget = max(0, budget - (used + room - window) - 64)
+            budget = max(0, budget - (size - target) - 64)
 
     def _resume(self) -> dict[str, Any] | None:
         """Take the session (one writer), mark a crashed run, and rebuild its state; None when

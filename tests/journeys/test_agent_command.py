@@ -72,24 +72,25 @@ def test_tool_use_continue_in_a_new_process_and_rewind(env, calculator):
     read = of(lines, "tool_finished")
     assert read and read[0]["name"] == "read" and read[0]["ok"]
     sid, context = lines[-1]["session_id"], of(lines, "turn_finished")[-1]["usage"]
-    second = agent(env, "run", "--repo", repo, "--continue", "--output-format", "json",
-                   "--max-tokens", "16", "And what does sub do?")
-    assert second.returncode in (0, 3), second.stderr
-    result = json.loads(second.stdout)
-    assert result["session_id"] == sid and result["status"] in ("done", "turn_limit")
-    assert result["usage"]["cached_tokens"] >= context["context_tokens"] - PAGE
+    _continue(env, repo, sid, context["context_tokens"], "And what does sub do?")
     rewound = agent(env, "rewind", sid, "2")
     assert rewound.returncode == 0, rewound.stderr
     shown = json.loads(agent(env, "sessions", "show", sid, "--json").stdout)
     assert max(e["turn"] for e in shown["events"]) == 1
-    third = agent(env, "run", "--repo", repo, "--continue", "--output-format", "json",
-                  "--max-tokens", "16", "What does mul do?")
-    assert third.returncode in (0, 3), third.stderr
-    again = json.loads(third.stdout)
-    assert again["session_id"] == sid and again["status"] in ("done", "turn_limit")
-    assert again["usage"]["cached_tokens"] >= context["context_tokens"] - PAGE
+    _continue(env, repo, sid, context["context_tokens"], "What does mul do?")
     listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
     assert listed[0]["turns"] == 2 and listed[0]["status"] == "finished"
+
+
+def _continue(env, repo: str, sid: str, context: int, prompt: str) -> dict:
+    """`--continue` in a new process: the same session, the earlier context served from cache."""
+    done = agent(env, "run", "--repo", repo, "--continue", "--output-format", "json",
+                 "--max-tokens", "16", prompt)
+    assert done.returncode in (0, 3), done.stderr
+    result = json.loads(done.stdout)
+    assert result["session_id"] == sid and result["status"] in ("done", "turn_limit")
+    assert result["usage"]["cached_tokens"] >= context - PAGE
+    return result
 
 
 def _interrupted_run(env, repo: str, signals: list[int], after_deltas: int = 5):
@@ -154,7 +155,7 @@ def test_a_second_ctrl_c_quits_at_once(env, calculator):
     assert rc == 130 and exited < 1.0, exited
 
 
-def _big_repo(path: Path, files: int = 120) -> Path:
+def _big_repo(path: Path, files: int = 60) -> Path:
     path.mkdir()
     (path / "README.md").write_text("# big\n\nA generated project: module k holds f_k.\n")
     for k in range(files):
@@ -173,7 +174,8 @@ def test_a_repository_larger_than_the_window_leaves_room_and_fills_up_cleanly(en
     result = json.loads(first.stdout)
     usage = result["usage"]
     assert result["status"] == "done" and usage["completion_tokens"] >= 8  # a real answer
-    assert usage["context_tokens"] <= usage["context_window"] // 2 + 2048
+    # the snapshot took at most half the window (the rest: instructions, tools, this turn)
+    assert usage["context_tokens"] <= usage["context_window"] // 2 + 2048 + 48
     huge = "Please consider this carefully. " * 2000  # ~12K tokens: more than the window
     full = agent(env, "run", "--repo", repo, "--continue", "--output-format", "text",
                  "--max-tokens", "48", huge)

@@ -3,8 +3,8 @@
 Files:
 - events.py: the ops front ends submit and the events they receive (dataclasses).
 - handle.py: AgentHandle, the one interface between the core and every front end.
-- session.py: AgentSession, a worker thread running the loop, recording to the store.
-- history.py: a saved session's earlier turns replayed as events (the TUI on resume).
+- session.py: AgentSession, a worker thread running the loop, recording its events to the store.
+- history.py: a saved session read back: its messages and earlier turns from the recorded events.
 - loop.py: AgentLoop, one user turn: append, generate, parse, dispatch tools, record.
 - context.py: the stable-first layout: instructions, tool schemas, the repository.
 - repo_snapshot.py: the repository as the model first sees it, within a token budget.

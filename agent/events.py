@@ -1,7 +1,9 @@
 """Everything the agent tells a front end, and everything a front end asks of it.
 
 Front ends (the TUI, the headless JSON stream, tests) see only these dataclasses: `Op`s go in
-through `AgentHandle.submit`, `Event`s come out of `AgentHandle.next_event`.
+through `AgentHandle.submit`, `Event`s come out of `AgentHandle.next_event`. The session store
+records the same events (`RECORDED`, in their stream-json form), and a resumed session is
+rebuilt from exactly those: its messages from `MessageAdded`, its history from the rest.
 """
 
 from __future__ import annotations
@@ -118,15 +120,29 @@ class ApprovalRequested:
 
 @dataclass(frozen=True)
 class Note:
-    """A factual note appended to the context (e.g. files changed outside the agent)."""
+    """A factual note: appended to the context (files changed outside the agent) or only told
+    to the user (a turn cut short by a crash, a smaller snapshot)."""
 
     text: str
 
 
 @dataclass(frozen=True)
+class MessageAdded:
+    """A message joined the model's context (system, user, note, assistant, tool).
+
+    Recorded, not shown: a resume rebuilds the conversation's messages from these."""
+
+    turn: int
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class TurnFinished:
     turn: int
-    status: Literal["done", "turn_limit", "interrupted", "error"]
+    # context_full: the window has no room for the next step; `text` says what to do.
+    status: Literal["done", "turn_limit", "interrupted", "context_full", "error"]
     text: str
     usage: Usage
 
@@ -147,17 +163,61 @@ class Error:
     fatal: bool = False
 
 
+@dataclass(frozen=True)
+class ApprovalGiven:
+    """What the user answered to an ApprovalRequested (recorded with the turn)."""
+
+    call_id: str
+    decision: str
+    rule: str | None = None
+
+
 Event = (SessionStarted | Progress | TurnStarted | TokenDelta | ToolCallStarted
-         | ToolCallFinished | ApprovalRequested | Note | TurnFinished | KVStats | Error)
+         | ToolCallFinished | ApprovalRequested | ApprovalGiven | Note | MessageAdded
+         | TurnFinished | KVStats | Error)
 
 _TYPE_NAMES = {
     SessionStarted: "session_started", Progress: "progress", TurnStarted: "turn_started",
     TokenDelta: "message_delta", ToolCallStarted: "tool_started", ToolCallFinished: "tool_finished",
-    ApprovalRequested: "approval_requested", Note: "note", TurnFinished: "turn_finished",
-    KVStats: "kv_stats", Error: "error",
+    ApprovalRequested: "approval_requested", ApprovalGiven: "approval_given", Note: "note",
+    MessageAdded: "message_added", TurnFinished: "turn_finished", KVStats: "kv_stats",
+    Error: "error",
 }
+_BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
+
+# What the store keeps of a session: everything but the transient (streamed text, progress,
+# page counts). The streamed text is in the assistant's MessageAdded.
+RECORDED: tuple[type, ...] = (TurnStarted, ToolCallStarted, ToolCallFinished, ApprovalRequested,
+                              ApprovalGiven, Note, MessageAdded, TurnFinished, Error)
+RECORD_ONLY: tuple[type, ...] = (MessageAdded,)  # recorded, never put on the event queue
+
+
+def event_name(event_type: type) -> str:
+    """The event's `type` in stream-json and its kind in the session store."""
+    return _TYPE_NAMES[event_type]
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
     """The stream-json form: `{"type": ..., **fields}`."""
     return {"type": _TYPE_NAMES[type(event)], **dataclasses.asdict(event)}
+
+
+def event_from_json(kind: str, payload: dict[str, Any]) -> Event | None:
+    """An event read back from the store (None for kinds that are not events: the store's own,
+    or ones written by an older agent)."""
+    cls = _BY_NAME.get(kind)
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in payload.items() if k in names}
+    if cls is TurnFinished:
+        values["usage"] = _usage(values.get("usage") or {})
+    try:
+        return cls(**values)
+    except TypeError:  # a payload missing a field: not an event of this version
+        return None
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    names = {f.name for f in dataclasses.fields(Usage)}
+    return Usage(**{k: v for k, v in data.items() if k in names})

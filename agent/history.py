@@ -1,40 +1,64 @@
-"""A saved session's earlier turns as the events a front end already knows how to show."""
+"""A saved session read back: the events the store recorded, as the agent emitted them.
+
+The conversation's messages are rebuilt from exactly its `MessageAdded` events; what a front end
+shows of earlier turns is the same recorded events, with the assistant's replies as text.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from agent.events import (
+    Error,
     Event,
+    MessageAdded,
+    Note,
     TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
     TurnFinished,
     TurnStarted,
-    Usage,
+    event_from_json,
 )
 from agent.tool_calls import parse_tool_calls
 
-_USAGE_FIELDS = set(Usage.__dataclass_fields__)
+_SHOWN = (TurnStarted, ToolCallStarted, ToolCallFinished, Note, TurnFinished, Error)
 
 
-def replay(events) -> Iterator[Event]:
-    """Store events (oldest first, superseded ones left out) -> the events of those turns."""
-    text = ""
-    for e in events:
-        p = e.payload
-        if e.kind == "message" and p.get("role") == "user" and e.turn > 0:
-            if not p.get("content", "").startswith("[note]"):
-                yield TurnStarted(e.turn, p.get("content", ""))
-        elif e.kind == "message" and p.get("role") == "assistant":
-            text = parse_tool_calls(p.get("content", "")).text
+def recorded(store_events: Iterable) -> list[tuple[int, Event]]:
+    """Store records (oldest first, superseded ones left out) -> (turn, event) pairs; records
+    that are not events (the store's own, or an older agent's) are skipped."""
+    out = []
+    for record in store_events:
+        event = event_from_json(record.kind, record.payload)
+        if event is not None:
+            out.append((record.turn, event))
+    return out
+
+
+def messages(events: Iterable[tuple[int, Event]]) -> list[dict[str, str]]:
+    """The conversation's messages, in the order they joined the context."""
+    out = []
+    for _, e in events:
+        if isinstance(e, MessageAdded):
+            message = {"role": e.role, "content": e.content}
+            if e.name:
+                message["name"] = e.name
+            out.append(message)
+    return out
+
+
+def finished_turns(events: Iterable[tuple[int, Event]]) -> list[int]:
+    """Turns that ended (a TurnFinished was recorded), oldest first."""
+    return [turn for turn, e in events if isinstance(e, TurnFinished)]
+
+
+def replay(events: Iterable[tuple[int, Event]]) -> Iterator[Event]:
+    """The earlier turns as a front end shows them (the TUI on resume)."""
+    for _, e in events:
+        if isinstance(e, MessageAdded) and e.role == "assistant":
+            text = parse_tool_calls(e.content).text
             if text:
                 yield TokenDelta(text)
-        elif e.kind == "tool_call":
-            yield ToolCallStarted(p["id"], p["name"], p.get("arguments", {}))
-        elif e.kind == "tool_result":
-            yield ToolCallFinished(p["id"], p["name"], p.get("ok", False), p.get("content", ""),
-                                   p.get("metadata") or {})
-        elif e.kind == "usage":
-            usage = Usage(**{k: v for k, v in p.items() if k in _USAGE_FIELDS})
-            yield TurnFinished(e.turn, p.get("status", "done"), text, usage)
+        elif isinstance(e, _SHOWN):
+            yield e

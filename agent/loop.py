@@ -9,11 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.backends.base import AppendResult, Conversation, GenParams
+from agent.backends.base import AppendCancelled, AppendResult, ContextFull, Conversation, GenParams
 from agent.events import (
     ApprovalDecision,
+    ApprovalGiven,
     ApprovalRequested,
     Event,
+    MessageAdded,
+    Note,
     Progress,
     TokenDelta,
     ToolCallFinished,
@@ -29,16 +32,13 @@ PROGRESS_MIN_TOKENS = 2048
 
 
 class Recorder(Protocol):
-    """Where the loop writes what happened (the session store, or nothing in tests)."""
-
-    def event(self, turn: int, kind: str, payload: dict[str, Any]) -> None: ...
+    """Where the loop writes the token log (the session store, or nothing in tests)."""
 
     def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None: ...
 
 
 class NullRecorder:
-    def event(self, turn: int, kind: str, payload: dict[str, Any]) -> None:
-        return None
+    """Keeps no token log (a session without a store, loop tests)."""
 
     def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
         return None
@@ -105,8 +105,9 @@ class AgentLoop:
 
     def run_turn(self, turn: int, user_text: str, preamble: list[dict] | None = None
                  ) -> TurnFinished:
-        """One user message, answered through as many model steps as it takes (or the limit)."""
-        self.cancel.clear()
+        """One user message, answered through as many model steps as it takes (or the limit).
+
+        A cancel set before the turn starts stops it at once (the caller clears stale ones)."""
         self._last_calls, self._repeating = None, False
         self.emit(TurnStarted(turn, user_text))
         tally = _TurnTally()
@@ -114,25 +115,66 @@ class AgentLoop:
             tally.add_append(self.conv.carried)
             self.conv.carried = None
         messages = (preamble or []) + [{"role": "user", "content": user_text}]
-        status, text = "turn_limit", ""
-        for step in range(self.config.max_steps):
-            if self.cancel.is_set():
-                status = "interrupted"
-                break
-            messages, text = self._step(turn, messages, tally, self._tool_choice(step))
-            if self.cancel.is_set():
-                status = "interrupted"
-                break
-            if not messages:
-                status = "done"
-                break
+        status, text = self._steps(turn, messages, tally)
         usage = Usage(tally.prompt, tally.completion, tally.cached, dict(tally.by_tier),
                       tally.computed, self.conv.context_tokens, self.context_window,
                       round(tally.decode_tok_s, 2))
-        self.recorder.event(turn, "usage", {"status": status, **usage.__dict__})
         finished = TurnFinished(turn, status, text, usage)
         self.emit(finished)
         return finished
+
+    @property
+    def reply_room(self) -> int:
+        """Tokens kept free for a reply: the configured reply length, at most half the window."""
+        return min(self.config.gen.max_tokens, self.context_window // 2)
+
+    def _steps(self, turn: int, messages: list[dict], tally: _TurnTally) -> tuple[str, str]:
+        """Model steps until an answer without tool calls; (status, final text)."""
+        text = ""
+        for step in range(self.config.max_steps):
+            if self.cancel.is_set():
+                return "interrupted", text
+            try:
+                messages, text = self._step(turn, messages, tally, self._tool_choice(step))
+            except ContextFull as e:
+                return "context_full", context_full_advice(e)
+            except AppendCancelled:
+                return "interrupted", text
+            if not messages:
+                return ("interrupted" if self.cancel.is_set() else "done"), text
+            if self.cancel.is_set():
+                self._keep(turn, messages, tally)
+                return "interrupted", text
+        self._keep(turn, messages, tally)
+        return "turn_limit", text
+
+    def _keep(self, turn: int, messages: list[dict], tally: _TurnTally) -> None:
+        """Tool results of a turn that stops here go into the context without a reply."""
+        try:
+            self._append(turn, messages, tally, generation_prompt=False)
+        except (ContextFull, AppendCancelled) as e:  # they stay in the session's record
+            self.emit(Note(f"tool results not added to the context: {e}"))
+
+    def _append(self, turn: int, messages: list[dict], tally: _TurnTally,
+                generation_prompt: bool = True) -> None:
+        """Append messages within the window (leaving the reply room when a reply follows);
+        tool results too long to fit are replaced by a line saying so."""
+        limit = self.context_window - (self.reply_room if generation_prompt else 0)
+        limit = limit if self.context_window else None
+        cancel = None if not generation_prompt else self.cancel
+        try:
+            appended = self.conv.append(messages, generation_prompt, self._prefill_progress,
+                                        limit, cancel)
+        except ContextFull as e:
+            if not any(m["role"] == "tool" for m in messages):
+                raise
+            messages = [_too_long(m, e) for m in messages]
+            appended = self.conv.append(messages, generation_prompt, self._prefill_progress,
+                                        limit, cancel)
+        tally.add_append(appended)
+        for m in messages:
+            self.emit(MessageAdded(turn, m["role"], m["content"], m.get("name", "")))
+        self.recorder.tokens(turn, messages[-1]["role"], appended.ids, appended.text)
 
     def _prefill_progress(self, done: int, total: int) -> None:
         if total >= PROGRESS_MIN_TOKENS:  # short appends would only flicker
@@ -149,11 +191,7 @@ class AgentLoop:
     def _step(self, turn: int, messages: list[dict], tally: _TurnTally, tool_choice: str
               ) -> tuple[list[dict], str]:
         """Append messages, generate a reply, run its tool calls; return the tool messages."""
-        appended = self.conv.append(messages, progress=self._prefill_progress)
-        tally.add_append(appended)
-        for m in messages:
-            self.recorder.event(turn, "message", m)
-        self.recorder.tokens(turn, messages[-1]["role"], appended.ids, appended.text)
+        self._append(turn, messages, tally)
         visible = _VisibleText()
         gen = dataclasses.replace(self.config.gen, tool_choice=tool_choice)
         for delta in self.conv.generate(gen, self.cancel):
@@ -168,51 +206,45 @@ class AgentLoop:
         tally.completion += len(reply.ids) or max(1, len(reply.text) // 4)
         tally.add_server_usage(reply.usage)
         tally.decode_tok_s = reply.decode_tok_s or tally.decode_tok_s
-        self.recorder.event(turn, "message", {"role": "assistant", "content": reply.text})
+        self.emit(MessageAdded(turn, "assistant", reply.text))
         self.recorder.tokens(turn, "assistant", reply.ids, reply.text)
         if reply.finish_reason == "interrupted":
-            return [], reply.text
+            return [], parse_tool_calls(reply.text).text
         parsed = parse_tool_calls(reply.text, first_id=self._call_ids + 1)
         self._call_ids += len(parsed.calls)
         self._repeating = bool(parsed.calls) and _signature(parsed.calls) == self._last_calls
         self._last_calls = _signature(parsed.calls)
-        return [self._dispatch(turn, call) for call in parsed.calls], parsed.text
+        return [self._dispatch(call) for call in parsed.calls], parsed.text
 
-    def _dispatch(self, turn: int, call: ToolCall) -> dict[str, Any]:
+    def _dispatch(self, call: ToolCall) -> dict[str, Any]:
         """Run one call (or refuse it) and return the tool message for the model."""
-        self.emit(ToolCallStarted(call.call_id, call.name, call.arguments))
-        self.recorder.event(turn, "tool_call", {"id": call.call_id, "name": call.name,
-                                                "arguments": call.arguments})
-        result = self._result_for(turn, call)
-        self.recorder.event(turn, "tool_result", {"id": call.call_id, "name": call.name,
-                                                  "ok": result.ok, "content": result.content,
-                                                  "full_output": result.full_output,
-                                                  "metadata": _jsonable(result.metadata)})
-        self.emit(ToolCallFinished(call.call_id, call.name, result.ok, result.content,
-                                   _jsonable(result.metadata)))
+        self.emit(ToolCallStarted(call.call_id, call.name, _jsonable(call.arguments)))
+        result = self._result_for(call)
+        metadata = _jsonable(result.metadata)
+        if result.full_output:
+            metadata = {**metadata, "full_output": result.full_output}
+        self.emit(ToolCallFinished(call.call_id, call.name, result.ok, result.content, metadata))
         return {"role": "tool", "name": call.name or "error", "content": result.content}
 
-    def _result_for(self, turn: int, call: ToolCall) -> ToolResult:
+    def _result_for(self, call: ToolCall) -> ToolResult:
         if call.error:
             return ToolResult.fail(call.error)
         tool = self.tools.get(call.name)
         if tool is None:
             names = ", ".join(sorted(self.tools))
             return ToolResult.fail(f"unknown tool {call.name!r}; available: {names}")
-        refusal = self._permission(turn, tool, call)
+        refusal = self._permission(tool, call)
         if refusal:
             return ToolResult.fail(refusal)
         return run_tool(tool, call.arguments, self.ctx)
 
-    def _permission(self, turn: int, tool: Tool, call: ToolCall) -> str | None:
+    def _permission(self, tool: Tool, call: ToolCall) -> str | None:
         """None if the call may run; otherwise the refusal the model sees."""
         decision = self.permissions.check(tool.name, call.arguments)
         if decision.action == "ask":
             answer = self.approve(ApprovalRequested(call.call_id, call.name, call.arguments,
                                                     decision.suggested_rule))
-            self.recorder.event(turn, "permission", {"id": call.call_id,
-                                                     "decision": answer.decision,
-                                                     "rule": answer.rule})
+            self.emit(ApprovalGiven(call.call_id, answer.decision, answer.rule))
             if answer.decision == "always" and answer.rule:
                 self.permissions.add_rule(answer.rule)
             if answer.decision == "deny":
@@ -250,6 +282,23 @@ class _VisibleText:
     def flush(self) -> str:
         out, self.buf = ("" if self.hidden else self.buf), ""
         return out
+
+
+def context_full_advice(e: ContextFull) -> str:
+    """The one line a turn that ran out of window ends with."""
+    return (f"the context window is full ({e.context:,} of {e.window:,} tokens held, "
+            f"{e.adding:,} more needed, the rest kept for the reply): use a model with a "
+            "bigger window or a larger --max-context, or start a new session (without "
+            "--continue/--resume), which begins from a fresh snapshot of the repository")
+
+
+def _too_long(message: dict, e: ContextFull) -> dict:
+    if message["role"] != "tool":
+        return message
+    room = max(e.limit - e.context, 0)
+    note = (f"[the output of this call did not fit in the context window ({room:,} tokens "
+            "left); narrow it down, e.g. read a line range or grep for what you need]")
+    return {**message, "content": note}
 
 
 def _signature(calls: list[ToolCall]) -> str:

@@ -12,31 +12,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backends.base import ModelBackend
+from agent.backends.base import AppendCancelled, ModelBackend
 from agent.context import system_message
 from agent.events import (
+    RECORD_ONLY,
+    RECORDED,
     ApprovalDecision,
     ApprovalRequested,
     Error,
+    Event,
     Interrupt,
     KVStats,
+    MessageAdded,
     Note,
     Op,
     Progress,
     SessionStarted,
     Shutdown,
+    TurnStarted,
     UserInput,
+    event_name,
+    event_to_json,
 )
 from agent.external_changes import ExternalChanges
 from agent.handle import QueuedHandle
-from agent.history import replay
-from agent.loop import AgentLoop, LoopConfig, NullRecorder, Recorder
+from agent.history import finished_turns, recorded, replay
+from agent.history import messages as conversation_messages
+from agent.loop import AgentLoop, LoopConfig, Recorder
 from agent.permissions import Permissions
 from agent.repo_snapshot import take_snapshot
 from agent.tools import default_tools
 from agent.tools.base import ToolContext
 from agent.tools.processes import ProcessLimits
 from agent.workspace import Workspace
+from memory.store import NullStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,14 @@ class SessionOptions:
     process_limits: ProcessLimits | None = None  # rlimits of commands (None: the defaults)
 
 
+def snapshot_budget(window: int, reply_room: int, fixed: int, fraction: float = 0.5) -> int:
+    """Tokens the repository snapshot may take: `fraction` of the window (at most half for
+    windows up to 32K), never eating into the reply room or a quarter of the window kept for
+    the conversation; `fixed` is what the system message takes without it."""
+    share = min(fraction, 0.5) if window <= 32768 else fraction
+    return max(0, min(int(window * share), window - reply_room - fixed - window // 4))
+
+
 class SessionMismatch(Exception):
     """A saved session's token log belongs to another model: it cannot be resumed on this one."""
 
@@ -70,21 +87,23 @@ class _Rewind:
 
 
 class StoreRecorder(Recorder):
-    """Writes the loop's events and token segments into the session store."""
+    """Writes the loop's token segments into the session store."""
 
     def __init__(self, store, session_id: str):
         self.store = store
         self.session_id = session_id
-
-    def event(self, turn: int, kind: str, payload: dict[str, Any]) -> None:
-        self.store.append_event(self.session_id, turn, kind, payload)
 
     def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
         self.store.append_tokens(self.session_id, turn, kind, ids, text)
 
 
 class AgentSession(QueuedHandle):
-    """Runs the loop on a worker thread; `submit` and `next_event` never block on the model."""
+    """Runs the loop on a worker thread; `submit` and `next_event` never block on the model.
+
+    Every event goes through `_emit`: recorded in the store when it is one of `RECORDED`, and
+    queued for the front end unless it is record-only. Without a store the session records
+    into a NullStore. A resumed session is rebuilt from the token log (what the model saw) and
+    the recorded events (its messages and history)."""
 
     def __init__(self, backend: ModelBackend, repo_root: Path, store=None,
                  resume_id: str | None = None, options: SessionOptions | None = None):
@@ -99,10 +118,13 @@ class AgentSession(QueuedHandle):
                                        deny=self.options.deny, tools=self.tools,
                                        root=self.workspace.root)
         self.ctx.read_policy = self.permissions  # read deny rules hold in grep and git too
-        self.store = store
+        self.store = store if store is not None else NullStore()
         self.resume_id = resume_id
-        self.session_id = resume_id or ""
+        self.session_id = ""
         self.turn = 0
+        self.last_status = ""
+        self._locked = False
+        self._stopping = False
         self._pending: list[UserInput] = []
         self.loop: AgentLoop | None = None
         self._thread = threading.Thread(target=self._main, name="agent-session", daemon=True)
@@ -115,6 +137,21 @@ class AgentSession(QueuedHandle):
             self.ctx.cancel.set()  # reach a running turn at once, not after it ends
         super().submit(op)
 
+    def stop(self) -> None:
+        """Interrupt the running turn and start no other: queued input is dropped and the
+        session closes, keeping what the turn had (Ctrl-C or SIGTERM in `agent run`)."""
+        self._stopping = True
+        self.ctx.cancel.set()
+        super().submit(Shutdown())
+
+    def _emit(self, event: Event) -> None:
+        if self.session_id and isinstance(event, RECORDED):
+            payload = event_to_json(event)
+            del payload["type"]
+            self.store.append_event(self.session_id, self.turn, event_name(type(event)), payload)
+        if not isinstance(event, RECORD_ONLY):
+            self._events.put(event)
+
     # -- worker ------------------------------------------------------------------------------
 
     def _main(self) -> None:
@@ -122,8 +159,14 @@ class AgentSession(QueuedHandle):
             self._open()
             while self._serve_one():
                 pass
+        except (StoreError, SessionMismatch) as e:  # one line that names the fix
+            self._events.put(Error(str(e), fatal=True))
+        except AppendCancelled:
+            self.last_status = "interrupted"
+            self._events.put(Error("interrupted while reading the repository", fatal=True))
         except Exception as e:  # the loop's own failure: tell the front end, keep the trace
             log.warning("session failed", exc_info=True)
+            self.last_status = "error"
             self._events.put(Error(f"{type(e).__name__}: {e}", fatal=True))
         finally:
             self._close()
@@ -133,21 +176,24 @@ class AgentSession(QueuedHandle):
         if isinstance(op, Shutdown):
             return False
         if isinstance(op, UserInput):
-            self.turn += 1
-            self._checkpoint()
-            if self.store:  # where the conversation stood, for a later rewind
-                self.store.append_event(self.session_id, self.turn, "mark", self.loop.conv.mark())
-            preamble = self._outside_changes()
-            self.watcher.turn_started()
-            try:
-                self.loop.run_turn(self.turn, op.text, preamble)
-            finally:
-                self.watcher.turn_finished()
-                self.backend.flush()
-                self._report_kv()
+            self.loop.cancel.clear()  # an interrupt between turns is spent; `stop` is not
+            if not self._stopping:
+                self._run_turn(op.text)
         if isinstance(op, _Rewind):
             self._rewind(op)
         return True  # a stray approval or interrupt between turns
+
+    def _run_turn(self, text: str) -> None:
+        self.turn += 1
+        self._checkpoint()
+        preamble = self._outside_changes()
+        self.watcher.turn_started()
+        try:
+            self.last_status = self.loop.run_turn(self.turn, text, preamble).status
+        finally:
+            self.watcher.turn_finished()
+            self.backend.flush()
+            self._report_kv()
 
     def rewind(self, turn: int, timeout: float = 60.0) -> None:
         """Restore code and conversation to the start of `turn` (between turns only)."""
@@ -160,15 +206,17 @@ class AgentSession(QueuedHandle):
 
     def _rewind(self, op: _Rewind) -> None:
         try:
-            marks = {e.turn: e.payload for e in self.store.events(self.session_id)
-                     if e.kind == "mark"} if self.store else {}
-            if op.turn not in marks:
+            started = {turn for turn, e in self._recorded() if isinstance(e, TurnStarted)}
+            if op.turn not in started:
                 raise ValueError(f"no record of turn {op.turn} in this session")
             from agent.checkpoint import Checkpoints
 
             Checkpoints(self.workspace.root, self.session_id).restore(op.turn)
             self.store.truncate_to_turn(self.session_id, op.turn - 1)
-            self.loop.conv.truncate(marks[op.turn])
+            state = self._state_from_store()
+            del state["has_system"]
+            self.loop.conv.truncate({**state, "tokens": len(state["tokens"]),
+                                     "messages": len(state["messages"])})
             self.turn = op.turn - 1
             self.watcher.mark_seen()
         except Exception as e:  # reported to the caller, the session goes on
@@ -178,26 +226,24 @@ class AgentSession(QueuedHandle):
 
     def context_breakdown(self) -> dict[str, int]:
         """Tokens of the resident context by segment kind (system and repository, user, ...)."""
-        if not self.store or not self.session_id:
-            return {"total": self.loop.conv.context_tokens if self.loop else 0}
         out: dict[str, int] = {}
         for seg in self.store.segments(self.session_id, with_ids=False):
             out[seg.kind] = out.get(seg.kind, 0) + seg.n_tokens
-        return out
+        return out or {"total": self.loop.conv.context_tokens if self.loop else 0}
 
     def _open(self) -> None:
         schemas = [t.schema() for t in self.tools]
-        restore = self._restore_state() if self.resume_id else None
+        restore = self._resume() if self.resume_id else None
         conv = self.backend.conversation(schemas, restore=restore)
         if restore is not None:
             n = len(restore["tokens"])
             self._events.put(Progress("restore", n, n, "tokens"))
+        self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._emit,
+                              self._approve, StoreRecorder(self.store, self.session_id),
+                              self.options.loop, self.backend.context_window,
+                              self.backend.default_tool_choice)
         if restore is None:
             self._start_new(conv, schemas)
-        recorder = StoreRecorder(self.store, self.session_id) if self.store else NullRecorder()
-        self.loop = AgentLoop(conv, self.tools, self.ctx, self.permissions, self._events.put,
-                              self._approve, recorder, self.options.loop,
-                              self.backend.context_window, self.backend.default_tool_choice)
         self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved",
                                        read_policy=self.permissions)
         self.watcher.start(resumed=restore is not None)
@@ -205,43 +251,85 @@ class AgentSession(QueuedHandle):
                                         str(self.workspace.root), restore is not None,
                                         self.backend.context_window))
         if restore is not None and self.options.replay_history:
-            for event in replay(self.store.events(self.session_id)):
+            for event in replay(self._recorded()):
                 self._events.put(event)
 
     def _start_new(self, conv, schemas) -> None:
-        if self.store:
+        if not self.session_id:
             info = self.store.create_session(str(self.workspace.root), self.backend.name,
                                              self.backend.fingerprint, self.options.title)
-            self.session_id = info.id
-        budget = int(self.backend.context_window * self.options.snapshot_fraction)
-        snapshot = take_snapshot(self.workspace.root, self.backend.count_tokens, budget,
-                                 may_read=self.permissions.may_read)
+            self.session_id = self.loop.recorder.session_id = info.id
+            self._locked = True
+        snapshot = self._snapshot(schemas)
         for entry in snapshot.included:  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())
         system = system_message(schemas, snapshot, self.backend.template_supports_tools())
-        appended = conv.append([system], generation_prompt=False,
+        appended = conv.append([system], generation_prompt=False, cancel=self.ctx.cancel,
                                progress=lambda d, t: self._events.put(Progress("ingest", d, t)))
         conv.carried = appended
         self._events.put(Progress("ingest", appended.new_tokens, appended.new_tokens))
-        if self.store:
-            self.store.append_event(self.session_id, 0, "message", system)
-            self.store.append_event(self.session_id, 0, "note", {"text": snapshot.report()})
-            self.store.append_tokens(self.session_id, 0, "system", appended.ids, appended.text)
+        self._emit(MessageAdded(0, "system", system["content"]))
+        self._emit(Note(snapshot.report()))
+        self.store.append_tokens(self.session_id, 0, "system", appended.ids, appended.text)
 
-    def _restore_state(self) -> dict[str, Any]:
+    def _snapshot(self, schemas):
+        """The repository within its budget: a share of the window that leaves the reply room
+        and some conversation. The snapshot is measured as rendered (its list of left-out
+        files included) and taken again smaller while it is over."""
+        count = self.backend.count_tokens
+        fixed = count(system_message(schemas, None,
+                                     self.backend.template_supports_tools())["content"])
+        target = snapshot_budget(self.backend.context_window, self.loop.reply_room, fixed,
+                                 self.options.snapshot_fraction)
+        budget = target
+        while True:
+            snapshot = take_snapshot(self.workspace.root, count, budget,
+                                     may_read=self.permissions.may_read)
+            size = count(snapshot.text or "")
+            if size <= target or budget == 0:
+                return snapshot
+            budget = max(0, budget - (size - target) - 64)
+
+    def _resume(self) -> dict[str, Any] | None:
+        """Take the session (one writer), mark a crashed run, and rebuild its state; None when
+        it has no system segment yet (killed before one): then it is started afresh."""
         info = self.store.get(self.resume_id)
         if info.model_fingerprint != self.backend.fingerprint:
             raise SessionMismatch(f"session {info.id} was made with model {info.model} (other "
                                   f"weights or settings); resume it with --model {info.model}")
         self.session_id = info.id
+        self.store.acquire_lock(info.id)
+        self._locked = True
+        if info.status == "crashed":
+            self.store.set_status(info.id, "crashed")
+            self._events.put(Note("the last run of this session ended without closing it "
+                                  "(killed or crashed); resuming from what was recorded"))
+        self.store.set_status(info.id, "active")
         self.turn = self._drop_unfinished_turn(info.turn_count)
+        state = self._state_from_store()
+        if not state.pop("has_system"):
+            self.store.truncate_to_turn(info.id, 0)
+            self._events.put(Note("this session has no system message yet; starting it again"))
+            self.turn = 0
+            return None
+        self._events.put(Progress("restore", 0, len(state["tokens"]), "tokens"))
+        return state
+
+    def _recorded(self):
+        return recorded(self.store.events(self.session_id))
+
+    def _state_from_store(self) -> dict[str, Any]:
+        """What a conversation is rebuilt from: the token log, the messages of the recorded
+        events, and the ids of the last reply (the template text still owed after it)."""
         segments = self.store.segments(self.session_id)
-        messages = [e.payload for e in self.store.events(self.session_id) if e.kind == "message"]
-        text = "".join(s.text or "" for s in segments)
-        tokens = self.store.token_log(self.session_id)
-        self._events.put(Progress("restore", 0, len(tokens), "tokens"))
-        return {"messages": messages, "text": text, "tokens": tokens}
+        last = segments[-1] if segments else None
+        messages = conversation_messages(self._recorded())
+        return {"messages": messages,
+                "tokens": [i for seg in segments for i in seg.ids],
+                "reply_ids": list(last.ids) if last and last.kind == "assistant" else None,
+                "has_system": bool(segments) and segments[0].kind == "system" and
+                bool(messages) and messages[0]["role"] == "system"}
 
     def _report_kv(self) -> None:
         pages = self.backend.kv_pages()
@@ -253,7 +341,7 @@ class AgentSession(QueuedHandle):
         note = self.watcher.note()
         if not note:
             return []
-        self._events.put(Note(note))
+        self._emit(Note(note))
         return [{"role": "user", "content": note}]
 
     def _drop_unfinished_turn(self, turn_count: int) -> int:
@@ -261,15 +349,14 @@ class AgentSession(QueuedHandle):
 
         Its events stay in the store, superseded; the files it changed are left as they are and
         show up in the next turn's note of outside changes."""
-        done = [e.turn for e in self.store.events(self.session_id) if e.kind == "usage"]
-        last = max(done, default=0)
+        last = max(finished_turns(self._recorded()), default=0)
         if turn_count > last:
             self.store.truncate_to_turn(self.session_id, last)
             self._events.put(Note(f"turn {turn_count} was cut short; resuming after turn {last}"))
         return last
 
     def _checkpoint(self) -> None:
-        if not self.store:
+        if not self.store.durable:  # nothing would remember the checkpoint
             return
         try:
             from agent.checkpoint import Checkpoints
@@ -298,8 +385,13 @@ class AgentSession(QueuedHandle):
             if getattr(self, "watcher", None):
                 self.watcher.stop()
             self.backend.flush()
-            if self.store and self.session_id:
-                self.store.set_status(self.session_id, "finished")
+            if self.loop is not None:  # its pages go back to the pool (cached, not held)
+                self.loop.conv.close()
+            if self._locked:
+                status = self.last_status if self.last_status in ("interrupted", "error") \
+                    else "finished"
+                self.store.set_status(self.session_id, status)
+                self.store.release_lock(self.session_id)
         except Exception:
             log.warning("session close failed", exc_info=True)
         self._closed.set()

@@ -4,13 +4,17 @@ Same jinja2 conventions: a sandboxed environment, `trim_blocks` and `lstrip_bloc
 `loopcontrols` extension, `raise_exception`, `strftime_now`, a `tojson` filter that keeps
 non-ASCII text and takes `indent`; messages lose their None-valued keys; `bos_token` and
 `eos_token` are template variables. `render_delta` serves the append-only token log: it
-returns only the text that new messages add to an earlier rendering.
+returns only the text that new messages add to an earlier rendering; `render_pieces` cuts that
+delta into the template's own markup and the messages' text, so that text is tokenized as text
+(a `<|im_end|>` inside a file never becomes the special token).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -33,6 +37,14 @@ class ChatTemplateError(RuntimeError_):
 
 class TemplateNotAppendOnly(RuntimeError_):
     """Rendering more messages changed the text of earlier ones, so the log cannot just grow."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Piece:
+    """A run of rendered text: the template's markup (special tokens allowed) or message text."""
+
+    text: str
+    markup: bool
 
 
 class ChatTemplate:
@@ -120,6 +132,47 @@ class ChatTemplate:
             )
         return full[len(previous_text) :]
 
+    def render_pieces(
+        self,
+        previous_messages: list[Message],
+        new_messages: list[Message],
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> list[Piece]:
+        """`render_delta`'s text, cut into the template's markup and the messages' contents.
+
+        Contents are found by rendering them between random markers; a template that trims
+        them (Llama 3.1) is rendered again with trimmed contents. Raises ChatTemplateError when
+        the template transforms contents in a way the markers cannot follow."""
+        delta = self.render_delta(previous_messages, new_messages, tools, add_generation_prompt,
+                                  **kwargs)
+        for strip in (False, True):
+            pieces = self._marked_pieces(previous_messages, new_messages, tools,
+                                         add_generation_prompt, strip, **kwargs)
+            if pieces is not None and "".join(p.text for p in pieces) == delta:
+                return pieces
+        raise ChatTemplateError(
+            "the chat template rewrites message text in a way that cannot be told apart from "
+            "its markup; use a model with a standard chat template"
+        )
+
+    def _marked_pieces(self, previous: list[Message], new: list[Message], tools,
+                       add_generation_prompt: bool, strip: bool, **kwargs: Any
+                       ) -> list[Piece] | None:
+        every = previous + new
+        tag = _unused_tag(new)  # only the new part of the rendering is split
+        opening, closing = f"\ue000{tag}\ue001", f"\ue002{tag}\ue003"
+
+        def mark(messages: list[Message]) -> list[Message]:
+            return [_marked(m, opening, closing, strip) for m in messages]
+
+        before = self.render(mark(previous), tools, False, **kwargs) if previous else ""
+        full = self.render(mark(every), tools, add_generation_prompt, **kwargs)
+        if not full.startswith(before):
+            return None
+        return _split_marked(full[len(before):], opening, closing)
+
     def _strftime_now(self, fmt: str) -> str:
         return (self.now or datetime.now()).strftime(fmt)
 
@@ -187,6 +240,39 @@ def _plain(value: Any) -> Any:
     if callable(getattr(value, "model_dump", None)):  # pydantic models
         return _plain(value.model_dump())
     return f"<{type(value).__name__}>"
+
+
+def _unused_tag(messages: list[Message]) -> str:
+    """A random tag no message contains (the markers must not occur in the text they mark)."""
+    text = json.dumps(_plain(messages), ensure_ascii=False)
+    while True:
+        tag = secrets.token_hex(6)
+        if tag not in text:
+            return tag
+
+
+def _marked(message: Message, opening: str, closing: str, strip: bool) -> Message:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        return message
+    return {**message, "content": opening + (content.strip() if strip else content) + closing}
+
+
+def _split_marked(text: str, opening: str, closing: str) -> list[Piece] | None:
+    """Markup outside the markers, message text inside; None when they do not nest properly."""
+    pieces: list[Piece] = []
+    inside, at = False, 0
+    for m in re.finditer(f"{re.escape(opening)}|{re.escape(closing)}", text):
+        if (m.group() == opening) == inside:
+            return None
+        if m.start() > at:
+            pieces.append(Piece(text[at : m.start()], markup=not inside))
+        inside, at = not inside, m.end()
+    if inside:
+        return None
+    if at < len(text):
+        pieces.append(Piece(text[at:], markup=True))
+    return pieces
 
 
 def _first_difference(a: str, b: str) -> int:

@@ -92,6 +92,7 @@ class Tokenizer:
 
     `encode` matches transformers' `tokenizer.encode(text, add_special_tokens=...)`; special
     tokens written in the text (`<|im_start|>`) become their ids, as in transformers.
+    `encode_text` never gives a special id: it is for text the chat template did not write.
     `decode` never applies transformers' `clean_up_tokenization_spaces`: the text must spell
     exactly what the ids are, for the append-only token log.
     """
@@ -118,6 +119,10 @@ class Tokenizer:
         self.special_ids: frozenset[int] = frozenset(
             i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
         )
+        # A copy that spells special tokens written in text as plain text: for everything that
+        # is not the chat template's own markup (file contents, tool results, prompts).
+        self._text_backend = Backend.from_str(backend.to_str())
+        self._text_backend.encode_special_tokens = True
         self.eos_ids: frozenset[int] = self._stop_ids(extra_eos_ids)
         self.byte_fallback_ids: frozenset[int] = self._byte_fallback_ids()
         # A folder's post-processor may already add bos/eos; then we must not add them again.
@@ -179,6 +184,11 @@ class Tokenizer:
         if add_special_tokens:
             return self._prefix + ids + self._suffix
         return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` as plain text: `<|im_end|>` written in it is spelled piece by
+        piece, never the special id (so a file cannot forge a chat turn)."""
+        return self._text_backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         """The text `ids` spell (invalid UTF-8 becomes U+FFFD, as in transformers)."""

@@ -17,7 +17,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
-from agent.events import Op, Shutdown
+from agent.events import Interrupt, Op, Shutdown
 from agent.handle import AgentHandle
 from tui.cards import session_card
 from tui.catalog import SessionCatalog
@@ -299,6 +299,7 @@ class AgentApp(App[None]):
     def _send_shutdown(self) -> None:
         """Ask the current handle to shut down, once."""
         if not self._shutdown_sent and not self.handle.closed:
+            self.handle.submit(Interrupt())  # a running turn stops now, keeping what it has
             self.handle.submit(Shutdown())
         self._shutdown_sent = True
 

@@ -9,6 +9,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ContextFull(Exception):
+    """The messages (and the reply room after them) do not fit the model's window."""
+
+    def __init__(self, context: int, adding: int, limit: int, window: int):
+        self.context, self.adding, self.limit, self.window = context, adding, limit, window
+        super().__init__(f"the context window is full: {context:,} tokens held, {adding:,} to "
+                         f"add, {window:,} in the window")
+
+
+class AppendCancelled(Exception):
+    """An append was cancelled during its prefill; the context is as it was before it."""
+
+
 @dataclass(frozen=True)
 class GenParams:
     """What the agent asks of one reply."""
@@ -55,9 +68,12 @@ class Conversation(ABC):
 
     Contract: `append` adds messages (rendered through the model's chat template as the delta
     against what is already in the context) and, with `generation_prompt`, opens an assistant
-    turn; `generate` then streams text deltas and stores the finished Reply in `last_reply`,
-    adding the assistant message to `messages`. `truncate(mark)` returns to a `mark()` taken
-    earlier. Errors from the model surface as exceptions of the backend; nothing is retried.
+    turn; it raises ContextFull, changing nothing, when the context would pass `limit` tokens,
+    and AppendCancelled, changing nothing, when `cancel` is set during a long prefill.
+    `generate` then streams text deltas (never past the window) and stores the finished Reply
+    in `last_reply`, adding the assistant message to `messages`. `truncate(mark)` returns to a
+    `mark()` taken earlier. Errors from the model surface as exceptions of the backend; nothing
+    is retried. The token log is the truth: earlier text is never rendered again to be compared.
     """
 
     messages: list[dict[str, Any]]
@@ -67,7 +83,8 @@ class Conversation(ABC):
 
     @abstractmethod
     def append(self, messages: list[dict[str, Any]], generation_prompt: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> AppendResult:
+               progress: Callable[[int, int], None] | None = None, limit: int | None = None,
+               cancel: threading.Event | None = None) -> AppendResult:
         """Add messages to the context (and open an assistant turn); `progress(done, total)`
         follows a long prefill where the backend computes one."""
 
@@ -92,13 +109,29 @@ class Conversation(ABC):
     def context_tokens(self) -> int:
         """Tokens resident in the context now (0 if unknown)."""
 
+    def close(self) -> None:
+        """Release what the context holds (its KV pages); the conversation is not used after."""
+        return None
+
 
 class MessageConversation(Conversation):
     """A conversation that is only its message list (a remote server keeps the KV, or none).
 
-    Subclasses implement `append`/`generate`; marks, truncation and state are the list's."""
+    Subclasses implement `append`/`generate` and `count`; marks, truncation, state and the
+    window check are the list's."""
 
     messages: list[dict[str, Any]]
+
+    def count(self, messages: list[dict[str, Any]]) -> int:
+        """Tokens `messages` take (an estimate where the backend cannot tokenize)."""
+        return sum(max(1, len(str(m.get("content", ""))) // 4) for m in messages)
+
+    def check_room(self, messages: list[dict[str, Any]], limit: int | None, window: int) -> int:
+        """Tokens of `messages`; raises ContextFull when they would pass `limit`."""
+        n = self.count(messages)
+        if limit is not None and self.context_tokens + n > limit:
+            raise ContextFull(self.context_tokens, n, limit, window)
+        return n
 
     def mark(self) -> dict[str, Any]:
         return {"messages": len(self.messages)}

@@ -7,13 +7,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from agent.backends.base import AppendResult, Conversation, GenParams, ModelBackend, Reply
+from agent.backends.base import (
+    AppendCancelled,
+    AppendResult,
+    ContextFull,
+    Conversation,
+    GenParams,
+    ModelBackend,
+    Reply,
+)
 from runtime.engine.sampling import SamplingParams
 from runtime.local_model import LocalModel
 
-
-class TemplateDrift(Exception):
-    """The chat template re-rendered earlier messages differently (the log is append-only)."""
+# Template variables: Llama 3.1 puts tools in the first user message unless told otherwise,
+# and the system message (instructions, tools, repository) is rendered before there is one.
+RENDER_OPTIONS = {"tools_in_user_message": False}
 
 
 class LocalBackend(ModelBackend):
@@ -27,7 +35,7 @@ class LocalBackend(ModelBackend):
         self.default_tool_choice = "auto" if self.template_supports_tools() else "first"
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer.encode(text))
+        return len(self.model.tokenizer.encode_text(text))
 
     def template_supports_tools(self) -> bool:
         template = self.model.template
@@ -59,7 +67,12 @@ class LocalBackend(ModelBackend):
 
 
 class LocalConversation(Conversation):
-    """Messages, the exact text the token log spells, and the engine sequence holding its KV."""
+    """Messages, and the engine sequence whose tokens are the log the model has seen.
+
+    The log only grows: each append renders the new messages as the template's delta after
+    the earlier messages, and the earlier text is never compared with the log (what was
+    generated stays as generated). `_bridge` is the template text owed after a reply, e.g.
+    the newline after `<|im_end|>`, or `<|im_end|>` itself after a reply that was cut."""
 
     def __init__(self, model: LocalModel, tools: list[dict[str, Any]] | None,
                  schemas: list[dict[str, Any]] | None = None):
@@ -69,31 +82,51 @@ class LocalConversation(Conversation):
         self.tools = tools  # given to the template (None: they are in the system prompt)
         self.schemas = schemas or []  # what tool calls are held to while decoding
         self.messages: list[dict[str, Any]] = []
-        self.text = ""  # exactly the text of the token log, as rendered and generated
         self.seq = model.engine.new_sequence()
         self.last_reply: Reply | None = None
+        self._bridge = ""
 
     @property
     def context_tokens(self) -> int:
         return len(self.seq.tokens)
 
-    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
-        full = self.model.template.render(self.messages + messages, tools=self.tools,
-                                          add_generation_prompt=generation_prompt)
-        if not full.startswith(self.text):
-            raise TemplateDrift("the chat template changed earlier turns when re-rendered; "
-                                "this model's template cannot be used append-only")
-        delta = full[len(self.text):]
-        ids = self.model.tokenizer.encode(delta)
-        result = self.model.engine.extend(self.seq, ids, progress)
+    @property
+    def window(self) -> int:
+        return self.model.engine.max_context
+
+    def encode(self, messages: list[dict[str, Any]], generation_prompt: bool = True
+               ) -> tuple[list[int], str]:
+        """The ids and text `messages` add: markup with its special tokens, message text as
+        plain text (a file holding `<|im_end|>` cannot forge a turn)."""
+        tok = self.model.tokenizer
+        pieces = self.model.template.render_pieces(self.messages, messages, self.tools,
+                                                   generation_prompt, **RENDER_OPTIONS)
+        ids = tok.encode(self._bridge)
+        for piece in pieces:
+            ids += tok.encode(piece.text) if piece.markup else tok.encode_text(piece.text)
+        return ids, self._bridge + "".join(p.text for p in pieces)
+
+    def append(self, messages, generation_prompt=True, progress=None, limit=None,
+               cancel=None) -> AppendResult:
+        ids, text = self.encode(messages, generation_prompt)
+        before = len(self.seq.tokens)
+        limit = self.window if limit is None else min(limit, self.window)
+        if before + len(ids) > limit:
+            raise ContextFull(before, len(ids), limit, self.window)
+        try:
+            result = self.model.engine.extend(self.seq, ids, _cancellable(progress, cancel))
+        except AppendCancelled:
+            self.model.engine.truncate(self.seq, before)
+            raise
         self.messages += messages
-        self.text = full
+        self._bridge = ""
         return AppendResult(len(ids), result.cached_tokens, result.cached_by_tier,
-                            result.computed_tokens, result.seconds, ids, delta)
+                            result.computed_tokens, result.seconds, ids, text)
 
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
+        room = self.window - len(self.seq.tokens)
         sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p,
-                                  seed=params.seed, max_tokens=params.max_tokens,
+                                  seed=params.seed, max_tokens=max(1, min(params.max_tokens, room)),
                                   constraint=self._constraint(params.tool_choice))
         start, ids, finish = time.perf_counter(), [], "stop"
         stream = self.model.engine.generate(self.seq, sampling)
@@ -129,35 +162,77 @@ class LocalConversation(Conversation):
 
     def _finish(self, ids: list[int], finish: str, seconds: float) -> None:
         tok = self.model.tokenizer
-        spelled = tok.decode(ids)  # what the log now holds, end-of-turn token included
         stop = self.model.engine.stop_ids
-        content_ids = ids[:-1] if ids and ids[-1] in stop else ids
-        content = tok.decode(content_ids)
-        self.text += spelled
+        content = tok.decode(ids[:-1] if ids and ids[-1] in stop else ids)
         self.messages.append({"role": "assistant", "content": content})
+        self._bridge = self._bridge_after(tok.decode(ids))
         self.last_reply = Reply(content, ids, finish, seconds)
+
+    def _bridge_after(self, spelled: str) -> str:
+        """The template text between a reply as generated (`spelled`, its end token included)
+        and the next message."""
+        template, before = self.model.template, self.messages[:-1]
+        opened = template.render(before, self.tools, True, **RENDER_OPTIONS)
+        full = template.render(self.messages, self.tools, False, **RENDER_OPTIONS)
+        rendered = full[len(opened):] if full.startswith(opened) else ""
+        if rendered.startswith(spelled):
+            return rendered[len(spelled):]
+        ends = [self.model.tokenizer.decode([i]) for i in self.model.engine.stop_ids]
+        at, end = max(((rendered.rfind(e), e) for e in ends if e), default=(-1, ""))
+        if at < 0:  # the template writes no end token: nothing is owed
+            return ""
+        return rendered[at + len(end):] if spelled.endswith(end) else rendered[at:]
+
+    def close(self) -> None:
+        self.model.engine.release(self.seq)
 
     def mark(self) -> dict[str, Any]:
         return {"messages": len(self.messages), "tokens": len(self.seq.tokens),
-                "text": len(self.text)}
+                "bridge": self._bridge}
 
     def truncate(self, mark: dict[str, Any]) -> None:
+        """Back to `mark` (from `mark()`, or a rewind's: messages, tokens, reply_ids)."""
         del self.messages[mark["messages"]:]
-        self.text = self.text[: mark["text"]]
         self.model.engine.truncate(self.seq, mark["tokens"])
+        self._settle_bridge(mark)
 
     def state(self) -> dict[str, Any]:
-        return {"messages": self.messages, "text": self.text, "tokens": list(self.seq.tokens)}
+        return {"messages": self.messages, "tokens": list(self.seq.tokens),
+                "bridge": self._bridge}
 
     def restore(self, state: dict[str, Any]) -> AppendResult:
-        """Rebuild from `state()`: the KV comes back from the cache tiers where it can."""
+        """Rebuild from the token log and the messages: the KV comes back from the cache tiers
+        where it can. `reply_ids`, the last reply's ids when the log ends with one, give the
+        template text still owed after it (else `bridge`)."""
         self.messages = list(state["messages"])
-        self.text = state["text"]
         # Nothing is computed here: what the cache lacks is computed with the next message, in
         # the chunks the first process used (in bf16 the output depends on them).
         result = self.model.engine.restore(self.seq, list(state["tokens"]))
+        self._settle_bridge(state)
         return AppendResult(len(state["tokens"]), result.cached_tokens, result.cached_by_tier,
                             result.computed_tokens, result.seconds)
+
+
+    def _settle_bridge(self, state: dict[str, Any]) -> None:
+        """The text owed after the log's last reply: recomputed from its ids when given."""
+        self._bridge = state.get("bridge", "")
+        ends_with_reply = bool(self.messages) and self.messages[-1]["role"] == "assistant"
+        if state.get("reply_ids") is not None and ends_with_reply:
+            self._bridge = self._bridge_after(self.model.tokenizer.decode(state["reply_ids"]))
+
+
+def _cancellable(progress, cancel: threading.Event | None):
+    """A prefill progress callback that also stops the prefill when `cancel` is set."""
+    if cancel is None:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        if cancel.is_set() and done < total:
+            raise AppendCancelled(f"cancelled after {done} of {total} tokens")
+        if progress is not None:
+            progress(done, total)
+
+    return report
 
 
 def _required_only(schema: dict[str, Any]) -> dict[str, Any]:

@@ -97,10 +97,15 @@ class OpenAIConversation(MessageConversation):
     def context_tokens(self) -> int:
         return self._prompt_tokens
 
-    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
+    def count(self, messages: list[dict[str, Any]]) -> int:
+        return self.backend.count_tokens("".join(str(m.get("content", "")) for m in messages))
+
+    def append(self, messages, generation_prompt=True, progress=None, limit=None,
+               cancel=None) -> AppendResult:
+        n = self.check_room(messages, limit, self.backend.context_window)
         self.messages += messages
-        text = "".join(str(m.get("content", "")) for m in messages)
-        return AppendResult(new_tokens=self.backend.count_tokens(text))
+        self._prompt_tokens += n
+        return AppendResult(new_tokens=n)
 
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
         start, parts, finish, usage = time.perf_counter(), [], "stop", {}

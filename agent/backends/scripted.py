@@ -58,15 +58,21 @@ class ScriptedConversation(MessageConversation):
 
     @property
     def context_tokens(self) -> int:
-        return sum(self.backend.count_tokens(str(m.get("content", ""))) for m in self.messages)
+        return self.count(self.messages)
 
-    def append(self, messages, generation_prompt=True, progress=None) -> AppendResult:
+    def count(self, messages: list[dict[str, Any]]) -> int:
+        return sum(self.backend.count_tokens(str(m.get("content", ""))) for m in messages)
+
+    def append(self, messages, generation_prompt=True, progress=None, limit=None,
+               cancel=None) -> AppendResult:
+        n = self.check_room(messages, limit, self.backend.context_window)
         self.messages += messages
-        n = sum(self.backend.count_tokens(str(m.get("content", ""))) for m in messages)
         return AppendResult(new_tokens=n, computed_tokens=n)
 
     def generate(self, params: GenParams, cancel: threading.Event) -> Iterator[str]:
         text = self.backend.next_reply(self.messages)
+        room = max(self.backend.context_window - self.context_tokens, 0) * 4
+        text = text[: min(params.max_tokens * 4, room)]  # ~4 characters a token, as counted
         sent, finish = "", "stop"
         for i in range(0, len(text), 8):
             if cancel.is_set():

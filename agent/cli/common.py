@@ -88,14 +88,12 @@ def err(text: str) -> None:
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand; known errors become one line on stderr and a non-zero exit."""
-    from agent.backends.local import TemplateDrift
     from agent.backends.openai_compat import EndpointError
     from agent.checkpoint import CheckpointError
     from memory.store import StoreError
     from runtime.errors import RuntimeError_
 
-    known = (RuntimeError_, StoreError, CheckpointError, EndpointError, TemplateDrift, OSError,
-             ValueError)
+    known = (RuntimeError_, StoreError, CheckpointError, EndpointError, OSError, ValueError)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         return func(args)

@@ -11,6 +11,7 @@ from agent.events import (
     ApprovalRequested,
     Error,
     Event,
+    Note,
     SessionStarted,
     TokenDelta,
     ToolCallFinished,
@@ -74,6 +75,8 @@ class HeadlessRenderer:
             self.err(f"  failed: {event.content.splitlines()[0] if event.content else ''}")
         elif isinstance(event, Error):
             self.err(f"error: {event.message}")
+        elif isinstance(event, Note) and event.text:
+            self.err(f"note: {event.text.splitlines()[0]}")
 
     def _finish(self) -> None:
         result = {"type": "result", "session_id": self.session_id,
@@ -83,6 +86,8 @@ class HeadlessRenderer:
                   "errors": self.errors}
         if self.fmt == "text":
             self.out()
+            if self.last and self.last.status == "context_full":
+                self.err(f"error: {self.last.text}")
             if self.last:
                 u = self.last.usage
                 self.err(f"[{result['status']}] session {self.session_id}: {u.prompt_tokens} "

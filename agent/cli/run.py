@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -34,7 +36,8 @@ def register(sub) -> None:
     add_model_flags(p)
     add_session_flags(p)
     p.add_argument("--max-turns", type=int, default=12,
-                   help="model calls allowed for this task (exit 3 when reached)")
+                   help="model calls allowed for this task (exit 3 when reached, or when the "
+                   "context window is full; 130 when interrupted)")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
     p.add_argument("--permission-mode", choices=MODES, default="accept-edits")
     p.add_argument("--allow", action="append", default=[], metavar="RULE",
@@ -101,16 +104,61 @@ def run(args: argparse.Namespace) -> int:
 
     session.submit(UserInput(task))
     session.submit(Shutdown())
+    stops = Interrupts(session)
     try:
-        return _consume(session, args.output_format)
-    finally:
+        with stops:
+            status = _consume(session, args.output_format)
         session.wait_closed(30)
+    finally:
         backend.close()
+    if stops.count:  # all is saved and flushed: skip the interpreter's slow teardown (~2 s)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED if status == "interrupted" else exit_code(status)
 
 
-def _consume(session, fmt: str) -> int:
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
+
+
+def exit_code(status: str) -> int:
+    """A turn's status as the exit code: 0 done, 3 a limit (turns, the context window)."""
+    limits = {"done": EXIT_OK, "turn_limit": EXIT_TURN_LIMIT, "context_full": EXIT_TURN_LIMIT,
+              "interrupted": EXIT_INTERRUPTED}
+    return limits.get(status, EXIT_ERROR)
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while a run is going: the first stops the turn (the session keeps
+    the partial answer and the tool results so far, then closes); a second SIGINT quits at
+    once. Installed for the `with` block only (the main thread's handlers)."""
+
+    def __init__(self, session):
+        self.session = session
+        self.count = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            err("quit")
+            os._exit(EXIT_INTERRUPTED)  # asked twice: no waiting for anything
+        self.session.stop()
+        err(f"\n{signal.Signals(signum).name.lower()}: stopping the turn; the session keeps "
+            "what it has (Ctrl-C again to quit at once)")
+
+
+def _consume(session, fmt: str) -> str:
     from agent.cli.render import HeadlessRenderer
 
     renderer = HeadlessRenderer(session, fmt, out=out, out_json=out_json, err=err)
-    status = renderer.drain()
-    return {"done": EXIT_OK, "turn_limit": EXIT_TURN_LIMIT}.get(status, EXIT_ERROR)
+    return renderer.drain()

@@ -66,11 +66,15 @@ def run_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     out(f"session {info.id}  {info.repo_root}  model {info.model}")
     for e in events:
-        if e.kind == "message" and e.payload.get("role") != "system":
-            out(f"\n[{e.turn}] {e.payload['role']}: {e.payload.get('content', '')}")
-        elif e.kind == "tool_result":
-            out(f"[{e.turn}] tool {e.payload.get('name')}: "
-                f"{'ok' if e.payload.get('ok') else 'failed'}")
+        p = e.payload
+        if e.kind == "message_added" and p.get("role") not in ("system", "tool"):
+            out(f"\n[{e.turn}] {p['role']}: {p.get('content', '')}")
+        elif e.kind == "tool_finished":
+            out(f"[{e.turn}] tool {p.get('name')}: {'ok' if p.get('ok') else 'failed'}")
+        elif e.kind == "turn_finished" and p.get("status") != "done":
+            out(f"[{e.turn}] turn ended: {p.get('status')}")
+        elif e.kind == "note":
+            out(f"[{e.turn}] note: {p.get('text', '').splitlines()[0] if p.get('text') else ''}")
     return EXIT_OK
 
 

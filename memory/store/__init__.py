@@ -6,6 +6,8 @@ Files:
 - migrations.py: the ordered, named schema migrations and `migrate`.
 - records.py: the frozen dataclasses handed out (SessionInfo, Event, Segment, Checkpoint).
 - session_store.py: SessionStore, the single writer and all the reads.
+- locks.py: one writer per session: the lock row, live or stale after a crash.
+- null_store.py: NullStore, the same interface keeping nothing (a session without a store).
 - queries.py: the store's SQL, small functions run inside SessionStore's transactions.
 - export.py: a session as JSON-able data.
 """
@@ -20,6 +22,8 @@ from memory.store.db import (
     SessionNotFound,
     StoreError,
 )
+from memory.store.locks import SessionLocked
+from memory.store.null_store import NullStore
 from memory.store.records import Checkpoint, Event, Segment, SessionInfo
 from memory.store.schema import EVENT_KINDS, SEGMENT_KINDS, SESSION_STATUSES
 from memory.store.session_store import SessionStore
@@ -33,9 +37,11 @@ __all__ = [
     "Checkpoint",
     "DataDirError",
     "Event",
+    "NullStore",
     "SchemaTooNew",
     "Segment",
     "SessionInfo",
+    "SessionLocked",
     "SessionNotFound",
     "SessionStore",
     "StoreError",

@@ -95,7 +95,26 @@ def m003_lookup_indexes(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_checkpoints, m003_lookup_indexes]
+def m004_session_locks(conn: Connection) -> None:
+    """One writer per session: the process holding it, released on exit, stale after a crash."""
+    _run(
+        conn,
+        """CREATE TABLE session_locks (
+            session_id VARCHAR NOT NULL PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started TEXT NOT NULL,
+            acquired_at DATETIME NOT NULL
+        )""",
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    m001_initial,
+    m002_checkpoints,
+    m003_lookup_indexes,
+    m004_session_locks,
+]
 
 
 def applied_migrations(conn: Connection) -> list[str]:

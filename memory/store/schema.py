@@ -27,22 +27,24 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SessionStatus = Literal["active", "finished", "interrupted", "error"]
-SESSION_STATUSES: tuple[str, ...] = ("active", "finished", "interrupted", "error")
+# crashed: the process died with the session active (found when its lock turned out stale).
+SessionStatus = Literal["active", "finished", "interrupted", "error", "crashed"]
+SESSION_STATUSES: tuple[str, ...] = ("active", "finished", "interrupted", "error", "crashed")
 
 SegmentKind = Literal["system", "repo", "user", "assistant", "tool", "note"]
 SEGMENT_KINDS: tuple[str, ...] = ("system", "repo", "user", "assistant", "tool", "note")
 
-# Event kinds the agent writes (the store accepts any lowercase identifier; these are the usual).
+# Event kinds the agent writes: its events' stream-json names (agent/events.py RECORDED). The
+# store accepts any lowercase identifier.
 EVENT_KINDS: tuple[str, ...] = (
-    "message",
-    "user_message",
-    "assistant_message",
-    "tool_call",
-    "tool_result",
-    "usage",
-    "permission",
+    "turn_started",
+    "message_added",
+    "tool_started",
+    "tool_finished",
+    "approval_requested",
+    "approval_given",
     "note",
+    "turn_finished",
     "error",
 )
 # Written only by the store itself: `rewind` gives events their superseded state, `fork` records
@@ -156,6 +158,20 @@ class CheckpointRow(Base):
     )
 
 
+class SessionLockRow(Base):
+    """The one process writing to a session now; stale when that process is gone."""
+
+    __tablename__ = "session_locks"
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int]
+    started: Mapped[str] = mapped_column(Text)  # the holder's start time, against pid reuse
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class MigrationRow(Base):
     """One applied migration, by name (the schema version is the set of these)."""
 
@@ -170,4 +186,5 @@ sessions = cast(Table, SessionRow.__table__)
 events = cast(Table, EventRow.__table__)
 token_segments = cast(Table, TokenSegmentRow.__table__)
 checkpoints = cast(Table, CheckpointRow.__table__)
+session_locks = cast(Table, SessionLockRow.__table__)
 migrations_table = cast(Table, MigrationRow.__table__)

@@ -5,6 +5,10 @@ transaction, so an acknowledged append is on disk (see db.py for what survives w
 loses at most the append in flight. Readers (this process or others) never block on it: WAL gives
 each read transaction a consistent snapshot.
 
+One process writes to a session at a time: `acquire_lock` takes the session (refusing with
+SessionLocked while another live process holds it), `release_lock` gives it back; a lock left
+by a process that died is stale, and its session, still `active`, reads as `crashed`.
+
 Rewind keeps the event log append-only: `truncate_to_turn(t)` appends a `rewind` event, and every
 earlier event of a turn after `t` reads as superseded from then on (computed, never updated in
 place). The token log is the session's current context rather than its history, so its segments
@@ -14,6 +18,7 @@ what was said.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -25,8 +30,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, delete, insert, select
 
+from memory.store import locks, records
 from memory.store import queries as q
-from memory.store import records
 from memory.store.db import (
     StoreError,
     Synchronous,
@@ -60,6 +65,8 @@ class SessionStore:
     raise SessionNotFound; malformed arguments raise ValueError; other StoreErrors carry a one-line
     message that names the fix.
     """
+
+    durable = True  # it keeps what it is given (NullStore does not)
 
     def __init__(
         self,
@@ -131,7 +138,8 @@ class SessionStore:
         title: str | None = None,
         parent_id: str | None = None,
     ) -> SessionInfo:
-        """Start an active session on `repo_root` (stored resolved) at turn 0."""
+        """Start an active session on `repo_root` (stored resolved) at turn 0, its lock held by
+        this process."""
         with self._write() as conn:
             if parent_id is not None:
                 q.turn_count(conn, parent_id)
@@ -144,13 +152,14 @@ class SessionStore:
                 parent_id=parent_id,
                 turn_count=0,
             )
+            locks.acquire(conn, session_id, locks.Holder.me())
         return self.get(session_id)
 
     def get(self, session_id: str) -> SessionInfo:
         """The session with this id or unique id prefix."""
         with self._read() as conn:
             full_id = q.resolve(conn, session_id)
-            return q.session_info(conn, full_id)
+            return _with_crash(conn, q.session_info(conn, full_id))
 
     def latest(self, repo_root: str | os.PathLike[str] | None = None) -> SessionInfo | None:
         """The most recently active session (on `repo_root` if given), for `--continue`."""
@@ -165,13 +174,27 @@ class SessionStore:
         if repo_root is not None:
             query = query.where(sessions.c.repo_root == records.normalize_repo_root(repo_root))
         with self._read() as conn:
-            return [records.session_info(row) for row in conn.execute(query.limit(limit))]
+            rows = conn.execute(query.limit(limit)).all()
+            return [_with_crash(conn, records.session_info(row)) for row in rows]
 
     def set_status(self, session_id: str, status: str) -> None:
         """Mark the session active, finished, interrupted or error."""
         if status not in SESSION_STATUSES:
             raise ValueError(f"status must be one of {', '.join(SESSION_STATUSES)}, not {status!r}")
         self._update_session(session_id, status=status)
+
+    def acquire_lock(self, session_id: str) -> bool:
+        """Become the session's one writer; True when a crashed process's lock was replaced.
+
+        Raises SessionLocked (a StoreError) while another live process holds it."""
+        with self._write() as conn:
+            q.turn_count(conn, session_id)
+            return locks.acquire(conn, session_id, locks.Holder.me()) is not None
+
+    def release_lock(self, session_id: str) -> None:
+        """Stop being the session's writer (nothing happens if this process is not)."""
+        with self._write() as conn:
+            locks.release(conn, session_id, locks.Holder.me())
 
     def set_title(self, session_id: str, title: str | None) -> None:
         """Name the session (None clears the title)."""
@@ -374,6 +397,16 @@ class SessionStore:
             for row in conn.exec_driver_sql("PRAGMA foreign_key_check"):
                 problems.append(f"foreign key violation: {tuple(row)}")
         return problems
+
+
+def _with_crash(conn: Connection, info: SessionInfo) -> SessionInfo:
+    """An active session whose writer is gone was cut by a crash: it reads as `crashed`."""
+    if info.status != "active":
+        return info
+    holder = locks.holder_of(conn, info.id)
+    if holder is not None and holder.alive():
+        return info
+    return dataclasses.replace(info, status="crashed")
 
 
 def _check_turn(turn: int) -> int:

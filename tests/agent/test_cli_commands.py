@@ -36,7 +36,7 @@ def run(capsys, *argv):
 def make_session(dirs, repo=None):
     store = SessionStore(dirs / "data")
     info = store.create_session(str(repo or dirs), "smollm2", "fp", "fix the test")
-    store.append_event(info.id, 1, "message", {"role": "user", "content": "hello"})
+    store.append_event(info.id, 1, "message_added", {"turn": 1, "role": "user", "content": "hello"})
     store.append_tokens(info.id, 1, "user", [1, 2, 3], "hello")
     store.close()
     return info.id
@@ -64,7 +64,7 @@ def test_rewind_restores_code_and_conversation(dirs, capsys):
     Checkpoints(repo, sid).create(2)
     store = SessionStore(dirs / "data")
     store.add_checkpoint(sid, 2, Checkpoints(repo, sid).get(2).commit)
-    store.append_event(sid, 2, "message", {"role": "user", "content": "later"})
+    store.append_event(sid, 2, "message_added", {"turn": 2, "role": "user", "content": "later"})
     store.close()
     (repo / "a.txt").write_text("after\n")
     (repo / "new.txt").write_text("x\n")
@@ -72,7 +72,7 @@ def test_rewind_restores_code_and_conversation(dirs, capsys):
     assert code == 0 and "rewound" in out
     assert (repo / "a.txt").read_text() == "before\n" and not (repo / "new.txt").exists()
     events = SessionStore(dirs / "data").events(sid)
-    assert [e.payload["content"] for e in events if e.kind == "message"] == ["hello"]
+    assert [e.payload["content"] for e in events if e.kind == "message_added"] == ["hello"]
     code, _, err = run(capsys, "rewind", sid, "7")
     assert code == 2 and "no checkpoint for turn 7" in err
 

@@ -87,15 +87,17 @@ def test_kill_9_mid_run_loses_at_most_the_event_being_written(env, repo):
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
-    assert len(listed) == 1
+    assert len(listed) == 1 and listed[0]["status"] == "crashed"  # not left "active"
     sid = listed[0]["id"]
     shown = json.loads(agent(env, "sessions", "show", sid, "--json").stdout)
     kinds = [e["kind"] for e in shown["events"]]
-    assert kinds[:2] == ["message", "note"] and "mark" in kinds  # what was committed is there
+    assert kinds[:2] == ["message_added", "note"] and "turn_started" in kinds  # committed
     again = agent(env, "run", "--repo", str(repo), "--resume", sid, "--output-format", "json",
                   "--max-tokens", "16", "--max-turns", "1", "Summarise in one line.")
     assert again.returncode in (0, 3), again.stderr
     assert json.loads(again.stdout)["session_id"] == sid
+    listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
+    assert listed[0]["status"] == "finished"
 
 
 def test_errors_are_one_line_with_the_fix(env, repo, tmp_path):

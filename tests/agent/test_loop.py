@@ -68,7 +68,7 @@ def test_multi_step_tool_use_reads_then_answers(git_repo, tmp_path):
     assert turn.status == "done" and turn.text == "helper returns x + 1."
     assert "".join(e.text for e in of(events, TokenDelta)).endswith("helper returns x + 1.")
     kinds = [e.kind for e in store.events(session.session_id)]
-    assert kinds.count("tool_call") == 1 and kinds.count("tool_result") == 1
+    assert kinds.count("tool_started") == 1 and kinds.count("tool_finished") == 1
     assert store.checkpoints(session.session_id)[0].turn == 1
     assert store.get(session.session_id).status == "finished"
 
@@ -249,7 +249,8 @@ def test_resume_can_replay_earlier_turns_as_events(git_repo, tmp_path):
     events = list(iter(lambda: session.next_event(0), None))
     assert [type(e).__name__ for e in events if not isinstance(e, SessionStarted)
             and type(e).__name__ != "Progress"] == [
-        "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta", "TurnFinished"]
+        "Note", "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta",
+        "TurnFinished"]  # the note: what the snapshot inlined
     assert of(events, TurnStarted)[0].prompt == "what does helper do?"
     assert of(events, TurnFinished)[0].text == "helper adds one."
 

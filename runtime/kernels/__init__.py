@@ -1,8 +1,11 @@
-"""Attention kernels behind one contract.
+"""Attention kernels behind one contract, and the layer ops every model calls.
 
 Files:
 - backend.py: AttentionBackend (the contract), AttentionMetadata, the lazy registry.
-- torch_ref.py: the reference backend (gather pages, then SDPA); serves the CPU and tests.
+- torch_ref.py: the reference backend (gather pages, then SDPA; windows, sinks); CPU and tests.
+- layer_ops.py: LayerOps (norm-add, rope, linear/GEMV, SiLU-mul, MoE) per device, OpsOptions.
+- triton_ops.py: TritonOps, the CUDA layer ops over the Triton kernels below.
+- torch_moe.py: expert activations and the routed expert sum in torch (gather or sorted).
 - triton_extend.py: paged extend/prefill attention (GQA-packed tiles, causal skipping, splits).
 - triton_decode.py: paged split-KV decode attention and the log-sum-exp merge.
 - triton_store.py: the KV store into pages.

@@ -214,7 +214,8 @@ def _merge_kernel(
 
 
 def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
-                 seq_lens: torch.Tensor | None = None, chunk_n: int = 0) -> torch.Tensor:
+                 seq_lens: torch.Tensor | None = None, chunk_n: int = 0, *, pdl: bool = True
+                 ) -> torch.Tensor:
     """Combine split partials into `out`.
 
     partial `(T, H, S, D)` fp32 (each split's normalised output), lse `(T, H, S)` fp32 base-2
@@ -232,8 +233,8 @@ def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
         s, BLOCK_S=block_s, CHUNK_N=chunk_n if seq_lens is not None else 0,
-        HEAD_DIM=d, BLOCK_D=block_d, PDL=pdl_enabled(out.device),
-        num_warps=4 if d >= 128 else 2, launch_pdl=pdl_enabled(out.device),
+        HEAD_DIM=d, BLOCK_D=block_d, PDL=pdl_enabled(out.device, pdl),
+        num_warps=4 if d >= 128 else 2, launch_pdl=pdl_enabled(out.device, pdl),
     )  # fmt: skip
     return out
 
@@ -275,6 +276,7 @@ def decode_attention(
     num_splits: int | None = None,
     config: DecodeConfig | None = None,
     out: torch.Tensor | None = None,
+    pdl: bool = True,
 ) -> torch.Tensor:
     """One query per sequence over its paged keys (all of them: the query is the last token).
 
@@ -306,9 +308,9 @@ def decode_attention(
         num_splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        DIRECT=direct, PDL=pdl_enabled(q.device),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl_enabled(q.device),
+        DIRECT=direct, PDL=pdl_enabled(q.device, pdl),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl_enabled(q.device, pdl),
     )  # fmt: skip
     if not direct:
-        merge_splits(partial, lse, out, seq_lens, cfg.block_n)
+        merge_splits(partial, lse, out, seq_lens, cfg.block_n, pdl=pdl)
     return out

@@ -260,6 +260,7 @@ def extend_attention(
     num_splits: int | None = None,
     config: ExtendConfig | None = None,
     out: torch.Tensor | None = None,
+    pdl: bool = True,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over all its paged keys.
 
@@ -308,5 +309,5 @@ def extend_attention(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:
-        merge_splits(partial, lse, out)
+        merge_splits(partial, lse, out, pdl=pdl)
     return out

@@ -14,6 +14,7 @@ from memory.kv_layout import KVLayout
 from runtime.config import ModelConfig
 from runtime.engine.metadata import build_metadata
 from runtime.forward_context import ForwardContext
+from runtime.kernels.layer_ops import TorchOps
 from runtime.kernels.torch_ref import TorchReferenceBackend
 
 
@@ -32,6 +33,7 @@ class PagedRunner:
         self.model = model
         self.pool = DevicePagePool(layout, num_pages)
         self.backend = TorchReferenceBackend()
+        self.ops = TorchOps()
         self.page_size = page_size
         self.pages: list[int] = []
         self.tokens: list[int] = []
@@ -44,7 +46,7 @@ class PagedRunner:
         if need > 0:
             self.pages += self.pool.alloc(need)
         meta = build_metadata([self.pages], [end], [len(ids)], self.page_size, torch.device("cpu"))
-        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta)
+        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta, self.ops)
         hidden = self.model(torch.tensor(ids), torch.arange(start, end), ctx)
         self.tokens += ids
         return self.model.compute_logits(hidden)

@@ -9,7 +9,9 @@ Our layout: gate_up `(E, 2F, H)` = [gate rows | up rows], down `(E, H, F)`, bias
 - gpt-oss in bf16: `gate_up_proj` `(E, H, 2F)` with gate and up interleaved by column,
   `gate_up_proj_bias` `(E, 2F)` interleaved, `down_proj` `(E, F, H)`, `down_proj_bias`;
 - gpt-oss in MXFP4: `gate_up_proj_blocks` / `_scales` and `down_proj_blocks` / `_scales`
-  (rows in nn.Linear's layout, gate and up interleaved by row), dequantized expert by expert.
+  (rows in nn.Linear's layout, gate and up interleaved by row), dequantized expert by expert;
+- GGUF (llama.cpp's names, `take_gguf`): `blk.L.ffn_{gate,up,down}_exps.{weight,bias}`, each
+  stacked over experts in nn.Linear's layout, gate and up apart (already dequantized).
 
 Each stacked parameter is allocated at its first piece; `check_complete` names the first
 checkpoint tensor no file provided.
@@ -31,6 +33,7 @@ from runtime.loader.mxfp4 import dequantize_mxfp4
 _EXPERTS = re.compile(r"(model\.layers\.(\d+)\.mlp\.experts)\.(.+)")
 _PER_EXPERT = re.compile(r"(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 _PIECE_ROWS = {"gate_proj": 0, "up_proj": 1}  # which half of gate_up
+_GGUF = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.(weight|bias)")
 
 Read = Callable[[], torch.Tensor]
 
@@ -41,6 +44,11 @@ class _Stack:
 
     param: torch.Tensor
     filled: set[object] = field(default_factory=set)
+
+
+def is_expert_tensor(gguf_name: str) -> bool:
+    """Whether a GGUF tensor name is one of llama.cpp's stacked expert tensors."""
+    return _GGUF.fullmatch(gguf_name) is not None
 
 
 class ExpertTensors:
@@ -56,6 +64,7 @@ class ExpertTensors:
         self._stacks: dict[tuple[int, str], _Stack] = {}
         self._pending: dict[str, torch.Tensor] = {}  # MXFP4 blocks or scales awaiting the other
         self.quantized = False
+        self.gguf = False  # names missing tensors as llama.cpp does
 
     def claims(self, name: str) -> bool:
         """Whether `name` is an expert tensor of a MoE layer this model has."""
@@ -77,6 +86,24 @@ class ExpertTensors:
             self._stacked(layer, rest, read(), name)
         else:
             raise CorruptModelFile(f"{name} is not an expert tensor this model knows")
+        return True
+
+    def take_gguf(self, name: str, read: Read) -> bool:
+        """Place GGUF tensor `name` (llama.cpp's stacked expert names); False otherwise."""
+        m = _GGUF.fullmatch(name)
+        if m is None:
+            return False
+        self.gguf = True
+        layer, kind, suffix = int(m.group(1)), m.group(2), m.group(3)
+        if not self.cfg.is_moe_layer(layer) or (suffix == "bias" and not self.gpt_oss):
+            raise CorruptModelFile(f"{name} is not an expert tensor this model has")
+        param = ("down" if kind == "down" else "gate_up") + ("_bias" if suffix == "bias" else "")
+        if kind == "down":
+            self._write(layer, param, (), read(), name, "all")
+            return True
+        f = self.cfg.moe_intermediate_size
+        rows = slice(0, f) if kind == "gate" else slice(f, 2 * f)
+        self._write(layer, param, (slice(None), rows), read(), name, kind)
         return True
 
     def check_complete(self, where: object) -> None:
@@ -159,8 +186,12 @@ class ExpertTensors:
         stack = self._stacks.get((layer, param))
         filled = stack.filled if stack else set()
         prefix = f"model.layers.{layer}.mlp.experts"
-        if "all" in filled:
+        if "all" in filled or {"gate", "up"} <= filled:
             return None
+        if self.gguf:
+            suffix = "bias" if param.endswith("_bias") else "weight"
+            kind = "down" if param.startswith("down") else ("up" if "gate" in filled else "gate")
+            return f"blk.{layer}.ffn_{kind}_exps.{suffix}"
         if self.gpt_oss:
             name = _HF_NAME[param]
             if self.quantized and param in ("gate_up", "down"):

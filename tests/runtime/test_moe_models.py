@@ -196,3 +196,31 @@ def test_unsupported_quantization_is_one_line(qwen_folder, method):
     (qwen_folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModel, match=f"quantized with '{method}'.*supported: mxfp4"):
         load_model(qwen_folder)
+
+
+def test_engine_serves_the_fused_model(pair):
+    """Through the engine as the CPU serves it: fused q/k/v (biases too), oneDNN-packed linears,
+    chunked prefill, the decode loop; greedy tokens equal transformers'."""
+    import copy
+
+    from memory.device_pool import DevicePagePool
+    from memory.kv_layout import KVLayout
+    from runtime.engine.cpu_layout import use_onednn
+    from runtime.engine.engine import Engine, EngineConfig
+    from runtime.engine.kv_pages import PrivatePages
+    from runtime.engine.sampling import SamplingParams
+    from runtime.kernels.torch_ref import TorchReferenceBackend
+
+    hf, loaded = pair
+    cfg, model = loaded.config, copy.deepcopy(loaded.model)
+    model.fuse_projections()
+    use_onednn(model)
+    layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 16, torch.float32)
+    engine = Engine(model, PrivatePages(DevicePagePool(layout, 64)), TorchReferenceBackend(),
+                    max_context=cfg.max_position_embeddings,
+                    config=EngineConfig(prefill_chunk=13, max_batch_tokens=16))
+    ids = prompt_ids(cfg.vocab_size, 45, seed=6)
+    seq = engine.new_sequence()
+    engine.extend(seq, ids)
+    got = [e.token_id for e in engine.generate(seq, SamplingParams(max_tokens=32))]
+    assert got == hf_greedy(hf, ids, 32)

@@ -6,21 +6,33 @@ import torch
 import torch.nn.functional as F
 
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.fp8_kv import dequantize, is_fp8, quantize, split_fp8
 
 
 def store_kv_reference(k_cache, v_cache, k, v, slot_mapping: torch.Tensor, page_size: int) -> None:
-    """Scatter new keys/values into their slots; k_cache is `[pages, page_size, H, D]`."""
+    """Scatter new keys/values into their slots; k_cache is `[pages, page_size, H, D]` (fp8
+    caches: `D + 4`, values quantized per token and head, runtime/kernels/fp8_kv.py)."""
     pages, offsets = slot_mapping // page_size, slot_mapping % page_size
-    k_cache[pages, offsets] = k.to(k_cache.dtype)
-    v_cache[pages, offsets] = v.to(v_cache.dtype)
+    for cache, x in ((k_cache, k), (v_cache, v)):
+        if is_fp8(cache):
+            values, scales = split_fp8(cache)
+            q, s = quantize(x)
+            values[pages, offsets], scales[pages, offsets] = q, s
+        else:
+            cache[pages, offsets] = x.to(cache.dtype)
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """One sequence's keys (or values) as a contiguous `(seq_len, H, D)` tensor."""
+    """One sequence's keys (or values) as a contiguous `(seq_len, H, D)` tensor (fp8 caches:
+    dequantized to fp32)."""
     page_size = cache.shape[1]
     n_pages = (seq_len + page_size - 1) // page_size
     pages = cache[block_table[:n_pages].long()]  # (n_pages, P, H, D)
-    return pages.flatten(0, 1)[:seq_len]
+    rows = pages.flatten(0, 1)[:seq_len]
+    if is_fp8(cache):
+        values, scales = split_fp8(rows)
+        return dequantize(values, scales, torch.float32)
+    return rows
 
 
 def causal_mask(q_len: int, kv_len: int, device: torch.device,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata, refuse_variants
+from runtime.kernels.fp8_kv import is_fp8
 from runtime.kernels.triton_decode import DecodeConfig, decode_attention
 from runtime.kernels.triton_extend import ExtendConfig, extend_attention
-from runtime.kernels.fp8_kv import is_fp8
 from runtime.kernels.triton_fp8 import store_kv_fp8
 from runtime.kernels.triton_store import store_kv
 

@@ -80,3 +80,28 @@ def test_attention_over_fp8_pages_is_close_to_full_precision(q_len, kv_len):
     got = backend.forward(q, k_cache, v_cache, meta, 0.25)
     ref = attend_reference(q, k, v, 0.25)
     assert ((got - ref).norm() / ref.norm()).item() < 0.04
+
+
+def test_fp8_pages_come_back_from_disk_byte_for_byte(tmp_path):
+    """Values and scales travel inside the page: a new process restores them exactly."""
+    from memory.kv_cache import TieredKVCache
+
+    layout = KVLayout(2, 2, 16, 4, FP8_KV)
+    fp = model_fingerprint("w", torch.float32, layout, "rope", 1)
+    tokens = list(range(12))
+    g = torch.Generator().manual_seed(5)
+    k, v = torch.randn(12, 2, 16, generator=g), torch.randn(12, 2, 16, generator=g)
+    with TieredKVCache(layout, 8, 4, fp, tmp_path, None, "cpu") as first:
+        hashes = first.page_hashes(tokens)
+        pages = first.alloc(len(hashes))
+        meta = build_metadata([pages], [12], [12], 4, torch.device("cpu"))
+        for views in first.pool.layer_views():
+            TorchReferenceBackend().store_kv(*views, k, v, meta)
+        written = first.pool.data[pages].clone()
+        for p, h in zip(pages, hashes):
+            first.seal(p, h)
+    with TieredKVCache(layout, 8, 4, fp, tmp_path, None, "cpu") as second:
+        got = second.acquire(second.page_hashes(tokens))
+        assert got.by_tier == {"disk": 3}
+        restored = second.pool.data[list(got.pages)]
+        assert torch.equal(restored.view(torch.uint8), written.view(torch.uint8))

@@ -1,8 +1,8 @@
 """TritonOps: the layer ops on CUDA (fused add+RMSNorm, in-place RoPE, batch-1 GEMV, SiLU-mul).
 
 Each method makes the same kernel calls the dense model made inline before the ops object
-existed, under the same conditions, so the GPU path is bit-identical to it. What has no Triton
-kernel yet (the MoE block) runs TorchOps' code on the GPU.
+existed, under the same conditions, so the GPU path is bit-identical to it. The MoE block
+runs the fused grouped-GEMM kernels (triton_moe.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from runtime.kernels.layer_ops import TorchOps
 from runtime.kernels.triton_linear import gemv, silu_mul
+from runtime.kernels.triton_moe import fused_moe
 from runtime.kernels.triton_norm import add_rmsnorm, rope_
 
 
@@ -48,6 +49,11 @@ class TritonOps(TorchOps):
         if self._gemv(gate_up):
             return gemv(gate_up, down.weight, act="silu_mul", pdl=self.options.pdl)
         return down(silu_mul(gate_up))
+
+    def moe(self, x, topk_ids, topk_weights, experts):
+        if not x.is_cuda:
+            return super().moe(x, topk_ids, topk_weights, experts)
+        return fused_moe(x, topk_ids, topk_weights, experts)
 
     def _gemv(self, x: Tensor) -> bool:
         return self.options.decode_gemv and x.is_cuda and x.shape[0] == 1

@@ -24,7 +24,7 @@ def refuse_variants(backend: str, window: int | None, sinks: torch.Tensor | None
                         if v is not None)
     raise UnsupportedAttention(
         f"the {backend} attention backend does not implement {what} yet (gpt-oss); "
-        "use the torch attention backend for this model"
+        "run this model with --device cpu until the Triton kernels do"
     )
 
 

@@ -84,6 +84,14 @@ def _activate(gate, up, ACT: tl.constexpr, alpha, limit):
 
 
 @triton.jit
+def _block_rows(EXPERTS, ROWS, BLOCK_M: tl.constexpr):
+    """This program's expert (num_experts past the last block), routed rows and their mask."""
+    block = tl.program_id(0)
+    routed = tl.load(ROWS + block * BLOCK_M + tl.arange(0, BLOCK_M))
+    return tl.load(EXPERTS + block).to(tl.int64), routed, routed >= 0
+
+
+@triton.jit
 def _gate_up_kernel(
     X, W, B, Out, ROWS, EXPERTS,
     top_k, n_cols, k_dim, num_experts, alpha, limit,
@@ -91,12 +99,9 @@ def _gate_up_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    block = tl.program_id(0)
-    e = tl.load(EXPERTS + block).to(tl.int64)
+    e, routed, row_ok = _block_rows(EXPERTS, ROWS, BLOCK_M)
     if e >= num_experts:
         return
-    routed = tl.load(ROWS + block * BLOCK_M + tl.arange(0, BLOCK_M))
-    row_ok = routed >= 0
     tok = tl.where(row_ok, routed // top_k, 0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
@@ -131,12 +136,9 @@ def _down_kernel(
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    block = tl.program_id(0)
-    e = tl.load(EXPERTS + block).to(tl.int64)
+    e, routed, row_ok = _block_rows(EXPERTS, ROWS, BLOCK_M)
     if e >= num_experts:
         return
-    routed = tl.load(ROWS + block * BLOCK_M + tl.arange(0, BLOCK_M))
-    row_ok = routed >= 0
     r64 = tl.where(row_ok, routed, 0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols

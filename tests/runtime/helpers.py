@@ -129,6 +129,20 @@ def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
+def check_prefill(hf, loaded, prompt_len: int, chunks: list[int], page_size: int = 16) -> None:
+    """Chunked prefill of a random prompt: logits at every position close to transformers'."""
+    ids = prompt_ids(loaded.config.vocab_size, prompt_len)
+    ours = PagedRunner(loaded.model, loaded.config, page_size=page_size).prefill(ids, chunks)
+    assert_close_logits(ours, hf_logits(hf, ids))
+
+
+def check_greedy(hf, loaded, prompt_len: int, new_tokens: int, chunks: list[int]) -> None:
+    """Greedy decoding after a chunked prefill: the very tokens transformers generates."""
+    ids = prompt_ids(loaded.config.vocab_size, prompt_len, seed=2)
+    ours = PagedRunner(loaded.model, loaded.config, page_size=16).greedy(ids, new_tokens, chunks)
+    assert ours == hf_greedy(hf, ids, new_tokens)
+
+
 def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:
     """max |ours - ref| within `rel` times the largest |logit| of the reference."""
     scale = ref.abs().max().item()

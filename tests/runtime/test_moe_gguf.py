@@ -27,6 +27,7 @@ from tests.runtime.helpers import (
     hf_logits,
     prompt_ids,
 )
+from tests.runtime.test_loaders import add_shape_metadata
 from tests.runtime.test_moe_models import GPT_OSS, QWEN3_MOE, tiny_moe
 
 pytest.importorskip("transformers")
@@ -101,14 +102,7 @@ def write_moe_gguf(path: Path, hf, arch: MODEL_ARCH, tensors: dict[str, np.ndarr
     """Write the file; returns the fp32 values each tensor dequantizes to."""
     cfg = hf.config
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_shape_metadata(w, cfg)
     w.add_expert_count(getattr(cfg, "num_experts", None) or cfg.num_local_experts)
     w.add_expert_used_count(cfg.num_experts_per_tok)
     w.add_expert_feed_forward_length(getattr(cfg, "moe_intermediate_size", cfg.intermediate_size))

@@ -21,6 +21,8 @@ from runtime.loader import load_model
 from tests.runtime.helpers import (
     PagedRunner,
     assert_close_logits,
+    check_greedy,
+    check_prefill,
     hf_greedy,
     hf_logits,
     prompt_ids,
@@ -81,17 +83,11 @@ def pair(request, tmp_path_factory):
 
 
 def test_chunked_prefill_logits_match(pair):
-    hf, loaded = pair
-    ids = prompt_ids(loaded.config.vocab_size, PROMPT_LEN)
-    ours = PagedRunner(loaded.model, loaded.config, page_size=16).prefill(ids, CHUNKS)
-    assert_close_logits(ours, hf_logits(hf, ids))
+    check_prefill(*pair, PROMPT_LEN, CHUNKS)
 
 
 def test_greedy_tokens_match(pair):
-    hf, loaded = pair
-    ids = prompt_ids(loaded.config.vocab_size, PROMPT_LEN, seed=2)
-    ours = PagedRunner(loaded.model, loaded.config, page_size=16).greedy(ids, NEW_TOKENS, [33])
-    assert ours == hf_greedy(hf, ids, NEW_TOKENS)
+    check_greedy(*pair, PROMPT_LEN, NEW_TOKENS, [33])
 
 
 def test_window_and_sinks_matter(pair):

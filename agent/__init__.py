@@ -10,6 +10,7 @@ Files:
 - repo_snapshot.py: the repository as the model first sees it, within a token budget.
 - external_changes.py: files changed outside the agent, appended as notes with the diff.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
+- harmony.py: gpt-oss's harmony messages: channels, the final text, functions.NAME calls.
 - workspace.py: the sandbox: paths outside the repository, `.git/` and hook writes refused;
   reads and writes confined by descriptor (O_NOFOLLOW walk), writes via temp file + rename.
 - permissions.py: modes and allow/deny rules; `may_read` for files tools read on their own.

@@ -1,4 +1,5 @@
-"""Find tool calls in model output: Hermes `<tool_call>{json}</tool_call>` and Llama 3.1 JSON.
+"""Find tool calls in model output: Hermes `<tool_call>{json}</tool_call>`, Llama 3.1 JSON, and
+gpt-oss's harmony messages (agent/harmony.py).
 
 Arguments are held to what every later step can carry (the store, the tokenizer, pydantic):
 `load_json` and `check_json` turn NaN and infinities, lone surrogates, integers past 64 bits,
@@ -45,6 +46,10 @@ class ParsedOutput:
 
 def parse_tool_calls(output: str, first_id: int = 1) -> ParsedOutput:
     """Parse every call in `output`; malformed calls come back with `error` set, never raised."""
+    from agent import harmony  # it builds on this module's types: imported here, not above
+
+    if harmony.is_harmony(output):
+        return harmony.parse_harmony(output, first_id)
     if "<tool_call>" in output:
         bodies = _HERMES.findall(output)
         text = output[: output.index("<tool_call>")].strip()

@@ -73,16 +73,14 @@ def decode_point(b: Bench, engine: Engine, seq: Sequence, ctx_len: int, n: int,
 
 def ablations(b: Bench, engine: Engine, seq: Sequence, n: int = 128) -> dict:
     """Batch-1 tok/s at 1K with one decode feature off at a time (graphs captured again)."""
-    from runtime.kernels import pdl
-    from runtime.models import llama
-
-    switches = {"no_pdl": (pdl, "ENABLED"), "no_gemv": (llama, "DECODE_GEMV"),
-                "no_pipeline": (engine, "config")}  # fmt: skip
+    switches = {"no_pdl": "pdl", "no_gemv": "decode_gemv", "no_pipeline": None}
     out = {}
-    for name, (owner, attr) in switches.items():
-        saved = getattr(owner, attr)
-        off = dataclasses.replace(saved, pipeline_decode=False) if attr == "config" else False
-        setattr(owner, attr, off)
+    for name, option in switches.items():
+        saved = engine.config
+        if option is None:
+            engine.config = dataclasses.replace(saved, pipeline_decode=False)
+        else:  # a layer-ops option (runtime/kernels/layer_ops.py); drops the graphs
+            engine.runner.set_ops_options(**{option: False})
         engine.runner.graphs.reset()
         try:
             with forked(engine, seq) as s:
@@ -90,7 +88,9 @@ def ablations(b: Bench, engine: Engine, seq: Sequence, n: int = 128) -> dict:
             with forked(engine, seq) as s:
                 out[name] = decode_tok_s(b, engine, s, n)[0]
         finally:
-            setattr(owner, attr, saved)
+            engine.config = saved
+            if option is not None:
+                engine.runner.set_ops_options(**{option: True})
             engine.runner.graphs.reset()
         print(f"  decode b1 at 1K, {name}: {out[name]:.1f} tok/s", flush=True)
     with forked(engine, seq) as s:  # a constraint's host mask each step, as an agent turn has

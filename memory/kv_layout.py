@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+FP8_KV = torch.float8_e4m3fn
+SCALE_BYTES = 4  # an fp32 scale per token and KV head, after its head_dim fp8 values
+
 
 @dataclass(frozen=True)
 class KVLayout:
@@ -13,6 +16,10 @@ class KVLayout:
 
     A page is therefore one copy between tiers and one extent on disk; attention kernels see
     per-layer strided views `[num_pages, page_size, num_kv_heads, head_dim]` of the pool.
+
+    With `dtype` fp8 (e4m3) each head's row is `head_dim + 4` bytes: the values, then the fp32
+    scale they were quantized with (one per token and KV head; runtime/kernels/fp8_kv.py), so
+    scales travel inside the page through every tier.
     """
 
     num_layers: int
@@ -22,8 +29,18 @@ class KVLayout:
     dtype: torch.dtype
 
     @property
+    def scaled(self) -> bool:
+        """Whether values are fp8 with a scale stored beside each head's row."""
+        return self.dtype == FP8_KV
+
+    @property
+    def row_dim(self) -> int:
+        """Elements of one head's row in a page: head_dim, plus the scale's bytes for fp8."""
+        return self.head_dim + (SCALE_BYTES if self.scaled else 0)
+
+    @property
     def page_shape(self) -> tuple[int, int, int, int, int]:
-        return (self.num_layers, 2, self.page_size, self.num_kv_heads, self.head_dim)
+        return (self.num_layers, 2, self.page_size, self.num_kv_heads, self.row_dim)
 
     @property
     def page_numel(self) -> int:
@@ -43,4 +60,6 @@ class KVLayout:
     def describe(self) -> str:
         """A stable string for fingerprints (changes whenever the bytes of a page would)."""
         dt = str(self.dtype).removeprefix("torch.")
+        if self.scaled:
+            dt += "+f32scale/token/head"
         return f"L{self.num_layers}xKV{self.num_kv_heads}xD{self.head_dim}xP{self.page_size}:{dt}"

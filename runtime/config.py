@@ -1,4 +1,5 @@
-"""Model configuration: one frozen dataclass for the Llama / Qwen2 / Qwen3 family."""
+"""Model configuration: one frozen dataclass for the dense (Llama / Qwen2 / Qwen3) and the
+mixture-of-experts (Qwen3-MoE, gpt-oss) families."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GptOssForCausalLM": "gpt_oss",
 }
+SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class RopeScaling:
 class ModelConfig:
     """Everything the model definition and the KV layout need to know about a checkpoint."""
 
-    family: str  # "llama" | "qwen2" | "qwen3"
+    family: str  # "llama" | "qwen2" | "qwen3" | "qwen3_moe" | "gpt_oss"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -56,10 +60,34 @@ class ModelConfig:
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # Mixture of experts (0 experts: dense).
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k softmax weights (Qwen3-MoE)
+    decoder_sparse_step: int = 1  # every n-th layer is sparse (Qwen3-MoE)
+    mlp_only_layers: tuple[int, ...] = ()  # dense layers among sparse ones (Qwen3-MoE)
+    swiglu_alpha: float = 1.702  # gpt-oss's clamped SwiGLU
+    swiglu_limit: float = 7.0
+    # Attention variants (gpt-oss): per-layer type, the sliding window, learned sinks.
+    layer_types: tuple[str, ...] = ()  # SLIDING / FULL per layer; empty: all full
+    sliding_window: int | None = None
+    attention_sinks: bool = False
 
     @property
     def q_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer`'s feed-forward is the routed experts block."""
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of layer `layer`, None for full attention."""
+        if self.layer_types and self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -87,10 +115,41 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", family == "qwen2")),
-            qk_norm=family == "qwen3",
+            qk_norm=family in ("qwen3", "qwen3_moe"),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
+            **_moe_fields(cfg, family),
         )
+
+
+def _moe_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
+    if family == "qwen3_moe":
+        return {
+            "num_experts": cfg.get("num_experts") or cfg["num_local_experts"],
+            "num_experts_per_tok": cfg["num_experts_per_tok"],
+            "moe_intermediate_size": cfg["moe_intermediate_size"],
+            "norm_topk_prob": bool(cfg.get("norm_topk_prob", False)),
+            "decoder_sparse_step": cfg.get("decoder_sparse_step") or 1,
+            "mlp_only_layers": tuple(cfg.get("mlp_only_layers") or ()),
+        }
+    if family == "gpt_oss":
+        layers = cfg["num_hidden_layers"]
+        types = cfg.get("layer_types") or [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
+        unknown = set(types) - {SLIDING, FULL}
+        if unknown or len(types) != layers:
+            raise UnsupportedModel(f"unsupported layer_types {sorted(unknown) or len(types)}; "
+                                   f"supported: one of {SLIDING}, {FULL} per layer")
+        return {
+            "num_experts": cfg["num_local_experts"],
+            "num_experts_per_tok": cfg["num_experts_per_tok"],
+            "moe_intermediate_size": cfg["intermediate_size"],
+            "swiglu_alpha": float(cfg.get("swiglu_alpha", 1.702)),
+            "swiglu_limit": float(cfg.get("swiglu_limit", 7.0)),
+            "layer_types": tuple(types),
+            "sliding_window": cfg.get("sliding_window") or 128,
+            "attention_sinks": True,
+        }
+    return {}
 
 
 def _rope_params(cfg: dict[str, Any]) -> dict[str, Any]:

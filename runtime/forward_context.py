@@ -1,4 +1,4 @@
-"""Per-forward state handed to the model: the attention backend, the KV views, the metadata."""
+"""Per-forward state handed to the model: layer ops, attention backend, KV views, metadata."""
 
 from __future__ import annotations
 
@@ -7,18 +7,25 @@ from dataclasses import dataclass
 import torch
 
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.layer_ops import LayerOps
 
 
 @dataclass
 class ForwardContext:
-    """Bound for one forward pass; the model's attention layers call `attend`."""
+    """Bound for one forward pass; layers call `ops` for their operations and `attend`."""
 
     backend: AttentionBackend
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache) views
     meta: AttentionMetadata
+    ops: LayerOps  # chosen once per device by whoever builds the model runner
 
-    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
-        """Store this layer's new K/V, then attend. q `(T, Hq, D)`, k/v `(T, Hkv, D)`."""
+    def attend(self, layer: int, q, k, v, scale: float, *, window: int | None = None,
+               sinks: torch.Tensor | None = None) -> torch.Tensor:
+        """Store this layer's new K/V, then attend. q `(T, Hq, D)`, k/v `(T, Hkv, D)`;
+        `window` and `sinks` as the AttentionBackend contract defines them."""
         k_cache, v_cache = self.kv[layer]
         self.backend.store_kv(k_cache, v_cache, k, v, self.meta)
-        return self.backend.forward(q, k_cache, v_cache, self.meta, scale)
+        if window is None and sinks is None:
+            return self.backend.forward(q, k_cache, v_cache, self.meta, scale)
+        return self.backend.forward(q, k_cache, v_cache, self.meta, scale, window=window,
+                                    sinks=sinks)

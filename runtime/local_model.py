@@ -46,6 +46,7 @@ KV_LAYOUT_VERSION = 1
 _TEMPLATE_DATE = datetime(2026, 1, 1)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KV_DTYPES = {**DTYPES, "fp8": torch.float8_e4m3fn}  # fp8: e4m3, a scale per token and head
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RuntimeOptions:
     """How to serve a model; None means the device's default."""
 
     dtype: str | None = None  # fp32 | bf16 | fp16
+    kv_dtype: str | None = None  # fp32 | bf16 | fp16 | fp8; default: the weights' dtype
     device: str | None = None  # cpu | cuda | cuda:N
     page_size: int | None = None
     backend: str | None = None
@@ -123,7 +125,8 @@ class LocalModel:
         tokenizer = _load_tokenizer(path)
         load_s = time.perf_counter() - start
         cfg = loaded.config
-        layout = kv_layout_for(cfg, dtype, options.page_size or default_page_size(device))
+        kv_dtype = KV_DTYPES[options.kv_dtype] if options.kv_dtype else dtype
+        layout = kv_layout_for(cfg, kv_dtype, options.page_size or default_page_size(device))
         fingerprint = model_fingerprint(loaded.weights_id, dtype, layout, _rope_string(cfg),
                                         KV_LAYOUT_VERSION)
         backend = create_backend(options.backend or default_backend_name(device))

@@ -22,6 +22,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    "file, or a Hugging Face id (env AGENT_MODEL)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="weights and KV dtype (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
+                   help="KV cache dtype, if not --dtype's; fp8 (e4m3) halves the KV bytes")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--cache-dir", default=None,
                    help="models and KV pages live here (env AGENT_CACHE_DIR)")
@@ -40,7 +42,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The RuntimeOptions fields the model flags set (for LocalModel.open / open_backend)."""
     return {"dtype": args.dtype, "device": args.device, "max_context": args.max_context,
-            "gpu_memory": args.gpu_memory, "host_memory": args.host_memory}
+            "gpu_memory": args.gpu_memory, "host_memory": args.host_memory,
+            "kv_dtype": args.kv_dtype}
 
 
 def _fraction(text: str) -> float:

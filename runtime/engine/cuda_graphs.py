@@ -30,6 +30,7 @@ from torch import nn
 
 from runtime.forward_context import ForwardContext
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.layer_ops import LayerOps, layer_ops
 from runtime.rope import RotaryEmbedding
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class DecodeGraphs:
         *,
         max_context: int,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
+        ops: LayerOps | None = None,
     ):
         assert list(buckets) == sorted(set(buckets)) and buckets[0] >= 1, "buckets ascending"
         self.model = model
@@ -130,6 +132,7 @@ class DecodeGraphs:
         self.backend = backend
         self.page_size = page_size
         self.device = _with_index(torch.device(device))
+        self.ops = ops or layer_ops(self.device)
         self.max_context = max_context
         self.buckets = tuple(buckets)
         num_pages = kv_views[0][0].shape[0]
@@ -260,9 +263,9 @@ class DecodeGraphs:
             seq_lens_cpu=[self.max_context] * size,
             query_lens_cpu=[1] * size,
         )
-        ctx = ForwardContext(self.backend, self.kv_views, meta)
+        ctx = ForwardContext(self.backend, self.kv_views, meta, self.ops)
         hidden = self.model(self._staged[_IDS, :size], self._staged[_POSITIONS, :size], ctx)
-        return self.model.compute_logits(hidden).float()  # (size, vocab)
+        return self.model.compute_logits(hidden, self.ops).float()  # (size, vocab)
 
     def _capture(self, size: int) -> _Bucket:
         self._pad_all()  # warm-up and capture see only padding: no KV is read or written

@@ -12,6 +12,7 @@ from runtime.engine.cuda_graphs import DEFAULT_BUCKETS, DecodeGraphs, graph_safe
 from runtime.engine.sequence import Sequence
 from runtime.forward_context import ForwardContext
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.layer_ops import LayerOps, layer_ops
 
 
 @dataclass(slots=True)
@@ -30,18 +31,20 @@ class ModelRunner:
     On CUDA with a graph-safe backend, decode steps (every item one new token, the batch within
     the largest bucket) replay CUDA graphs (`graphs`, see cuda_graphs.py); everything else runs
     eagerly. `cuda_graphs=False` (or `graphs = None`) forces eager; `max_context` bounds the
-    positions the graphs serve (default: the model config's max_position_embeddings).
+    positions the graphs serve (default: the model config's max_position_embeddings). `ops`:
+    the layer ops (default: those of the device); `set_ops_options` switches them for A/B runs.
     """
 
     def __init__(self, model: nn.Module, kv_views, backend: AttentionBackend, page_size: int,
                  device: torch.device, *, cuda_graphs: bool | None = None,
                  max_context: int | None = None,
-                 graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS):
+                 graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS, ops: LayerOps | None = None):
         self.model = model
         self.kv_views = kv_views
         self.backend = backend
         self.page_size = page_size
         self.device = torch.device(device)
+        self.ops = ops or layer_ops(self.device)
         if max_context is None:
             max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if cuda_graphs is None:
@@ -49,7 +52,18 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and max_context:
             self.graphs = DecodeGraphs(model, kv_views, backend, page_size, self.device,
-                                       max_context=max_context, buckets=graph_buckets)
+                                       max_context=max_context, buckets=graph_buckets,
+                                       ops=self.ops)
+
+    def set_ops_options(self, **changes: bool) -> None:
+        """Switch layer-ops options (`decode_gemv`, `pdl`) for later forwards; captured graphs
+        are dropped so the next decode captures with them."""
+        self.ops = self.ops.with_options(**changes)
+        if hasattr(self.backend, "pdl"):  # the attention kernels launch with the same option
+            self.backend.pdl = self.ops.options.pdl
+        if self.graphs is not None:
+            self.graphs.ops = self.ops
+            self.graphs.reset()
 
     @torch.inference_mode()
     def run(self, work: list[Work], ids: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -62,12 +76,13 @@ class ModelRunner:
             return self._wanted(self.graphs.run(work, ids), work)
         host_ids, positions, meta = self._prepare(work, with_ids=ids is None)
         hidden = self.model(host_ids if ids is None else ids, positions,
-                            ForwardContext(self.backend, self.kv_views, meta))
+                            ForwardContext(self.backend, self.kv_views, meta, self.ops))
         ends = itertools.accumulate(meta.query_lens_cpu)
         rows = [end - 1 for end, w in zip(ends, work) if w.want_logits]
         if not rows:
             return None
-        return self.model.compute_logits(hidden.index_select(0, self.to_device(rows))).float()
+        wanted = hidden.index_select(0, self.to_device(rows))
+        return self.model.compute_logits(wanted, self.ops).float()
 
     def _wanted(self, logits: torch.Tensor, work: list[Work]) -> torch.Tensor | None:
         """Copies of the wanted rows of a graph's output (which the next replay overwrites)."""

@@ -1,8 +1,14 @@
-"""Attention kernels behind one contract.
+"""Attention kernels behind one contract, and the layer ops every model calls.
 
 Files:
 - backend.py: AttentionBackend (the contract), AttentionMetadata, the lazy registry.
-- torch_ref.py: the reference backend (gather pages, then SDPA); serves the CPU and tests.
+- torch_ref.py: the reference backend (gather pages, then SDPA; windows, sinks); CPU and tests.
+- layer_ops.py: LayerOps (norm-add, rope, linear/GEMV, SiLU-mul, MoE) per device, OpsOptions.
+- triton_ops.py: TritonOps, the CUDA layer ops over the Triton kernels below.
+- torch_moe.py: expert activations and the routed expert sum in torch (gather or sorted).
+- fp8_kv.py: fp8 (e4m3) KV rows with a scale per token and head: split, quantize, dequantize.
+- triton_fp8.py: the fp8 KV store kernel and the e4m3 codecs the attention kernels use.
+- triton_moe.py: fused MoE: routes sorted by expert, grouped GEMMs (gate/up + activation, down).
 - triton_extend.py: paged extend/prefill attention (GQA-packed tiles, causal skipping, splits).
 - triton_decode.py: paged split-KV decode attention and the log-sum-exp merge.
 - triton_store.py: the KV store into pages.

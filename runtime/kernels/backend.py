@@ -9,6 +9,24 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.errors import UnsupportedModel
+
+
+class UnsupportedAttention(UnsupportedModel):
+    """The chosen attention backend lacks a variant the model needs (window, sinks)."""
+
+
+def refuse_variants(backend: str, window: int | None, sinks: torch.Tensor | None) -> None:
+    """Raise UnsupportedAttention when a backend without window/sink support is asked for one."""
+    if window is None and sinks is None:
+        return
+    what = " and ".join(n for n, v in (("sliding windows", window), ("attention sinks", sinks))
+                        if v is not None)
+    raise UnsupportedAttention(
+        f"the {backend} attention backend does not implement {what} yet (gpt-oss); "
+        "run this model with --device cpu until the Triton kernels do"
+    )
+
 
 @dataclass
 class AttentionMetadata:
@@ -49,6 +67,11 @@ class AttentionBackend(ABC):
     reallocate them). `store_kv` mutates only the slots named by `meta.slot_mapping`.
     `forward` mutates nothing and returns `(T, num_heads, head_dim)` in q's dtype. num_heads is a
     multiple of kv_heads (GQA); query head h reads kv head `h // (num_heads // kv_heads)`.
+
+    Two per-layer variants (gpt-oss): `window` W limits query i to the W keys ending at its own
+    (`i - W < j <= i`, transformers' sliding-window mask); `sinks` `(num_heads,)` fp32 are
+    learned logits that join each query row's softmax as one extra column whose value is zero.
+    A backend that lacks a variant raises `UnsupportedAttention` naming it, never ignores it.
     """
 
     name: str = "abstract"
@@ -72,8 +95,11 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        *,
+        window: int | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Causal attention of each sequence's queries over all of its keys."""
+        """Causal attention of each sequence's queries over its keys (the last `window` only)."""
 
 
 # name -> "module:Class"; imported lazily so a missing optional library fails only when chosen.

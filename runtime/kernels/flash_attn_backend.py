@@ -15,7 +15,7 @@ import logging
 import torch
 
 from runtime.errors import RuntimeError_
-from runtime.kernels.backend import AttentionBackend, AttentionMetadata
+from runtime.kernels.backend import AttentionBackend, AttentionMetadata, refuse_variants
 from runtime.kernels.triton_backend import TritonBackend
 from runtime.kernels.triton_store import store_kv
 
@@ -62,7 +62,9 @@ class FlashAttnBackend(AttentionBackend):
             and head_dim <= 256
         )
 
-    def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, *,
+                window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+        refuse_variants(self.name, window, sinks)
         if not self.supports(q, k_cache):
             if not self._warned:
                 log.warning(

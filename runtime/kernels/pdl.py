@@ -16,13 +16,11 @@ import torch
 import triton
 import triton.language as tl
 
-# False turns PDL off for every later launch (A/B runs; set before CUDA graphs are captured).
-ENABLED = True
 
-
-def pdl_enabled(device: torch.device) -> bool:
-    """True on CUDA devices of compute capability 9.0 and later (never in the interpreter)."""
-    return ENABLED and device.type == "cuda" and _hopper_or_later(device)
+def pdl_enabled(device: torch.device, requested: bool = True) -> bool:
+    """True when `requested` (the ops object's `pdl` option: A/B runs turn it off) on CUDA
+    devices of compute capability 9.0 and later (never in the interpreter)."""
+    return requested and device.type == "cuda" and _hopper_or_later(device)
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime.kernels.fp8_kv import is_fp8
 from runtime.kernels.pdl import pdl_enabled, wait_and_release
+from runtime.kernels.triton_fp8 import fp8_decode, fp8_views
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 256
@@ -105,7 +107,7 @@ def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, Out, OP, LP, BT, SEQ_LENS,
+    Q, K, V, KS, VS, Out, OP, LP, BT, SEQ_LENS,
     qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kp, stride_ks, stride_kh,
@@ -114,7 +116,7 @@ def _decode_kernel(
     num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    DIRECT: tl.constexpr, PDL: tl.constexpr,
+    DIRECT: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
 ):  # fmt: skip
     wait_and_release(PDL)
     split = tl.program_id(0)
@@ -150,13 +152,21 @@ def _decode_kernel(
         rows_off = page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE, BLOCK_N)
         kv_off = rows_off[:, None] + offs_d[None, :]
         k = load_tile(k_head + kv_off, k_ok, d_ok, True, EVEN_D)
+        if FP8:  # e4m3 values, each key row's scale after them (runtime/kernels/fp8_kv.py)
+            scale_off = (kvh * stride_kh + rows_off + HEAD_DIM) // 4
+            k = fp8_decode(k, FP8_NATIVE).to(q.dtype)
         s = tl.dot(q, tl.trans(k)) * qk_scale
+        if FP8:
+            s = s * tl.load(KS + scale_off, mask=k_ok, other=0.0)[None, :]
         s = tl.where(k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = load_tile(v_head + kv_off, k_ok, d_ok, True, EVEN_D)
+        if FP8:  # a value row's scale multiplies its probability
+            v = fp8_decode(v, FP8_NATIVE).to(q.dtype)
+            p = p * tl.load(VS + scale_off, mask=k_ok, other=0.0)[None, :]
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
 
@@ -214,7 +224,8 @@ def _merge_kernel(
 
 
 def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
-                 seq_lens: torch.Tensor | None = None, chunk_n: int = 0) -> torch.Tensor:
+                 seq_lens: torch.Tensor | None = None, chunk_n: int = 0, *, pdl: bool = True
+                 ) -> torch.Tensor:
     """Combine split partials into `out`.
 
     partial `(T, H, S, D)` fp32 (each split's normalised output), lse `(T, H, S)` fp32 base-2
@@ -232,8 +243,8 @@ def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
         s, BLOCK_S=block_s, CHUNK_N=chunk_n if seq_lens is not None else 0,
-        HEAD_DIM=d, BLOCK_D=block_d, PDL=pdl_enabled(out.device),
-        num_warps=4 if d >= 128 else 2, launch_pdl=pdl_enabled(out.device),
+        HEAD_DIM=d, BLOCK_D=block_d, PDL=pdl_enabled(out.device, pdl),
+        num_warps=4 if d >= 128 else 2, launch_pdl=pdl_enabled(out.device, pdl),
     )  # fmt: skip
     return out
 
@@ -251,6 +262,17 @@ def split_buffers(out: torch.Tensor, num_splits: int
     strides = (partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
                lse.stride(1))  # fmt: skip
     return partial, lse, strides
+
+
+def attention_views(k_cache: torch.Tensor, v_cache: torch.Tensor):
+    """(k values, v values, k scales, v scales, fp8, native) as the attention kernels take them:
+    for fp8 caches the values views and the caches as fp32 words (triton_fp8.py), otherwise
+    the caches themselves (the scale arguments are placeholders)."""
+    if not is_fp8(k_cache):
+        return k_cache, v_cache, k_cache, v_cache, False, False
+    kc, ks, native = fp8_views(k_cache)
+    vc, vs, _ = fp8_views(v_cache)
+    return kc, vc, ks, vs, True, native
 
 
 def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
@@ -275,6 +297,7 @@ def decode_attention(
     num_splits: int | None = None,
     config: DecodeConfig | None = None,
     out: torch.Tensor | None = None,
+    pdl: bool = True,
 ) -> torch.Tensor:
     """One query per sequence over its paged keys (all of them: the query is the last token).
 
@@ -283,6 +306,7 @@ def decode_attention(
     q's dtype (written into `out` when given). Mutates nothing else. No host syncs: with a fixed
     `num_splits` the launch is CUDA-graph safe.
     """
+    k_cache, v_cache, ks, vs, fp8, native = attention_views(k_cache, v_cache)
     check_cache(q, k_cache, v_cache)
     batch, num_heads, head_dim = q.shape
     _, page_size, kv_heads, _ = k_cache.shape
@@ -297,7 +321,7 @@ def decode_attention(
     direct = num_splits == 1
     partial, lse, p_strides = split_buffers(out, num_splits)
     _decode_kernel[(num_splits, kv_heads, batch)](
-        q, k_cache, v_cache, out, partial, lse, block_tables, seq_lens,
+        q, k_cache, v_cache, ks, vs, out, partial, lse, block_tables, seq_lens,
         scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -306,9 +330,9 @@ def decode_attention(
         num_splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
-        DIRECT=direct, PDL=pdl_enabled(q.device),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl_enabled(q.device),
+        DIRECT=direct, PDL=pdl_enabled(q.device, pdl), FP8=fp8, FP8_NATIVE=native,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl_enabled(q.device, pdl),
     )  # fmt: skip
     if not direct:
-        merge_splits(partial, lse, out, seq_lens, cfg.block_n)
+        merge_splits(partial, lse, out, seq_lens, cfg.block_n, pdl=pdl)
     return out

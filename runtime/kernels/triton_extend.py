@@ -24,6 +24,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from runtime.kernels.triton_decode import (
     LOG2E,
+    attention_views,
     check_cache,
     load_tile,
     merge_splits,
@@ -31,6 +32,7 @@ from runtime.kernels.triton_decode import (
     split_buffers,
 )
 from runtime.kernels.triton_decode import page_rows as _page_rows
+from runtime.kernels.triton_fp8 import fp8_decode
 
 MIN_SPLIT_KEYS = 8192  # below this a split's partial write and merge cost more than it saves
 
@@ -114,10 +116,11 @@ def _kv_tile(
 @triton.jit
 def _extend_inner(
     acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, bt_row, lo, hi, pos, kv_len, col,
-    qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+    qk_scale, stride_kp, stride_ks, offs_d, d_ok, KS, VS, head_off,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
     MASKED: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    PREFETCH_PAGE: tl.constexpr,
+    PREFETCH_PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
+    FP8_NATIVE: tl.constexpr,
 ):  # fmt: skip
     # Whole in-page TMA tiles: the next tile's page id is read one iteration ahead, so the
     # bulk copy's coordinates never wait on a dependent load.
@@ -137,7 +140,14 @@ def _extend_inner(
             k = _kv_tile(k_head, k_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
                          stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
                          USE_TMA)  # fmt: skip
+        if FP8:  # e4m3 values, each key row's scale after them (runtime/kernels/fp8_kv.py)
+            rows_off = _page_rows(bt_row, start, keys, kv_len, stride_kp, stride_ks, PAGE_SIZE,
+                                  BLOCK_N)  # fmt: skip
+            scale_off = (head_off + rows_off + HEAD_DIM) // 4
+            k = fp8_decode(k, FP8_NATIVE).to(q.dtype)
         s = tl.dot(q, tl.trans(k))
+        if FP8:
+            s = s * tl.load(KS + scale_off, mask=k_ok, other=0.0)[None, :]
         if MASKED:
             s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
         # Scale folded into the exponent's FMA; qk_scale > 0 keeps the max and -inf.
@@ -158,6 +168,9 @@ def _extend_inner(
             v = _kv_tile(v_head, v_desc, bt_row, start, keys, k_ok, kv_len, col, stride_kp,
                          stride_ks, offs_d, d_ok, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, MASKED,
                          USE_TMA)  # fmt: skip
+        if FP8:  # a value row's scale multiplies its probability
+            v = fp8_decode(v, FP8_NATIVE).to(q.dtype)
+            p = p * tl.load(VS + scale_off, mask=k_ok, other=0.0)[None, :]
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
@@ -165,7 +178,7 @@ def _extend_inner(
 
 @triton.jit
 def _extend_kernel(
-    Q, K, V, K_DESC, V_DESC, Out, OP, LP, BT, SEQ_LENS, QSL,
+    Q, K, V, K_DESC, V_DESC, KS, VS, Out, OP, LP, BT, SEQ_LENS, QSL,
     qk_scale, num_tiles, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kp, stride_ks, stride_kh,
@@ -174,7 +187,7 @@ def _extend_kernel(
     GROUP: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
     SPLIT: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    PREFETCH_PAGE: tl.constexpr,
+    PREFETCH_PAGE: tl.constexpr, FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -223,13 +236,15 @@ def _extend_kernel(
     col = kvh * HEAD_DIM  # this head's columns in the TMA view [pages, page_size, Hkv * D]
     acc, l_i, m_i = _extend_inner(
         acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, lo, full_end, pos, kv_len, col,
-        qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+        qk_scale, stride_kp, stride_ks, offs_d, d_ok, KS, VS, kvh * stride_kh,
         BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, False, USE_TMA, WARP_SPEC, PREFETCH_PAGE,
+        HEAD_DIM, FP8, FP8_NATIVE,
     )  # fmt: skip
     acc, l_i, m_i = _extend_inner(
         acc, l_i, m_i, q, k_head, v_head, K_DESC, V_DESC, bt_row, full_end, hi, pos, kv_len, col,
-        qk_scale, stride_kp, stride_ks, offs_d, d_ok,
+        qk_scale, stride_kp, stride_ks, offs_d, d_ok, KS, VS, kvh * stride_kh,
         BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, True, USE_TMA, False, False,
+        HEAD_DIM, FP8, FP8_NATIVE,
     )  # fmt: skip
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -260,6 +275,7 @@ def extend_attention(
     num_splits: int | None = None,
     config: ExtendConfig | None = None,
     out: torch.Tensor | None = None,
+    pdl: bool = True,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over all its paged keys.
 
@@ -269,7 +285,9 @@ def extend_attention(
     `(B, max_pages)` int32; seq_lens `(B,)` and query_start_loc `(B+1,)` int32. Query i of a
     sequence sees keys `0 .. kv_len - q_len + i`. Returns `(T, Hq, D)` in q's dtype (`out` when
     given); mutates nothing else. `max_seq_len` (a host bound on seq_lens) enables key splits.
+    fp8 caches (`D + 4` bytes a row, triton_fp8.py) are read without TMA.
     """
+    k_cache, v_cache, ks, vs, fp8, native = attention_views(k_cache, v_cache)
     check_cache(q, k_cache, v_cache)
     total, num_heads, head_dim = q.shape
     _, page_size, kv_heads, _ = k_cache.shape
@@ -290,11 +308,12 @@ def extend_attention(
     partial, lse, p_strides = split_buffers(out, num_splits)
     use_tma = (
         cfg.tma and page_size % cfg.block_n == 0 and triton.next_power_of_2(head_dim) == head_dim
+        and not fp8
     )
     k_desc = _page_descriptor(k_cache, cfg.block_n) if use_tma else None
     v_desc = _page_descriptor(v_cache, cfg.block_n) if use_tma else None
     _extend_kernel[(num_tiles * num_splits, kv_heads, batch)](
-        q, k_cache, v_cache, k_desc, v_desc, out, partial, lse,
+        q, k_cache, v_cache, k_desc, v_desc, ks, vs, out, partial, lse,
         block_tables, seq_lens, query_start_loc,
         scale * LOG2E, num_tiles, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -304,9 +323,9 @@ def extend_attention(
         GROUP=group, TOKENS=tokens, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size,
         SPLIT=num_splits > 1, USE_TMA=use_tma, WARP_SPEC=cfg.warp_specialize,
-        PREFETCH_PAGE=cfg.prefetch_page,
+        PREFETCH_PAGE=cfg.prefetch_page and not fp8, FP8=fp8, FP8_NATIVE=native,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:
-        merge_splits(partial, lse, out)
+        merge_splits(partial, lse, out, pdl=pdl)
     return out

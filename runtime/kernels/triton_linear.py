@@ -91,7 +91,8 @@ def _gemv_kernel(
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-         act: str | None = None, config: GemvConfig | None = None) -> torch.Tensor:
+         act: str | None = None, config: GemvConfig | None = None, pdl: bool = True
+         ) -> torch.Tensor:
     """`x @ weight.T + bias` for one row x `(1, K)` (or `(1, 2K)` = [gate | up] with
     `act="silu_mul"`); weight `(N, K)` with contiguous rows. Returns `(1, N)` in x's dtype."""
     assert x.shape[0] == 1 and x.is_contiguous(), "gemv takes one contiguous row"
@@ -101,7 +102,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     assert x.shape[1] == (2 * k if act else k), "x does not match the weight's columns"
     cfg = config or default_gemv_config(n, k, x.device)
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    pdl = pdl_enabled(x.device)
+    pdl = pdl_enabled(x.device, pdl)
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0),
         HAS_BIAS=bias is not None, SILU_MUL=act == "silu_mul", EVEN_K=k % cfg.block_k == 0,

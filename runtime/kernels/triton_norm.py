@@ -37,7 +37,8 @@ def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps
 
 
 def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                residual: torch.Tensor | None = None, *, pdl: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(norm(x + residual) * weight, x + residual)` for x `(T, H)`; without a residual the
     second value is x itself. Nothing is written in place."""
     t, n = x.shape
@@ -48,7 +49,7 @@ def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
             x, residual if residual is not None else x, weight, out, res_out, n, eps,
             x.stride(0), (residual if residual is not None else x).stride(0),
             HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n),
-            PDL=pdl_enabled(x.device), launch_pdl=pdl_enabled(x.device),
+            PDL=pdl_enabled(x.device, pdl), launch_pdl=pdl_enabled(x.device, pdl),
         )  # fmt: skip
     return out, res_out
 
@@ -73,7 +74,8 @@ def _rope_kernel(x_ptr, cos_ptr, sin_ptr, n_tokens, stride_t, stride_h, half, cs
     tl.store(base + half, (x2 * c + x1 * s).to(dt), mask=mask)
 
 
-def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pdl: bool = True
+          ) -> torch.Tensor:
     """Rotate x `(T, H, D)` in place by cos/sin `(T, D/2)` fp32 (HF's rotate-half); returns x.
 
     Rows may be strided (views into a fused qkv output); each head's D values must be
@@ -83,7 +85,7 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     assert x.stride(2) == 1, "head values must be contiguous"
     if t and h:
         cos, sin = cos.contiguous(), sin.contiguous()
-        pdl = pdl_enabled(x.device)
+        pdl = pdl_enabled(x.device, pdl)
         block_t = min(16, triton.next_power_of_2(t))
         _rope_kernel[(triton.cdiv(t, block_t), h)](
             x, cos, sin, t, x.stride(0), x.stride(1), d // 2, cos.stride(0),

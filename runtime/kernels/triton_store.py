@@ -42,6 +42,8 @@ def store_kv(
     k: torch.Tensor,
     v: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    pdl: bool = True,
 ) -> None:
     """Write k, v `(T, Hkv, D)` into `k_cache`, `v_cache` `[num_pages, page_size, Hkv, D]`.
 
@@ -66,5 +68,5 @@ def store_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_T=block_t, BLOCK_C=block_c, PAGE_SIZE=k_cache.shape[1],
-        PDL=pdl_enabled(k.device), num_warps=4, launch_pdl=pdl_enabled(k.device),
+        PDL=pdl_enabled(k.device, pdl), num_warps=4, launch_pdl=pdl_enabled(k.device, pdl),
     )  # fmt: skip

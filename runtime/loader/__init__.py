@@ -3,6 +3,8 @@
 Files:
 - common.py: LoadedModel, meta build, per-tensor assignment, completeness checks, weights_id.
 - hf.py: Hugging Face folders, one safetensors file or shards named by an index.
+- experts.py: MoE expert tensors (per expert, stacked, gpt-oss MXFP4) into stacked parameters.
+- mxfp4.py: MXFP4 (e2m1 + e8m0 block scales) dequantization.
 - gguf.py: GGUF files: header parsing, dequantization, llama.cpp names and q/k permutation undone.
 """
 

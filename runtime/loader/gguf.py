@@ -1,9 +1,11 @@
-"""Load a GGUF file (llama, qwen2, qwen3 architectures): config from metadata, weights dequantized.
+"""Load a GGUF file (llama, qwen2, qwen3, qwen3moe, gpt-oss): config from metadata, weights
+dequantized (MXFP4 experts included).
 
 Each tensor is dequantized with `gguf.quants.dequantize` (the same code transformers uses, so the
 fp32 weights are identical), renamed to its Hugging Face name, un-permuted where llama.cpp's
 converter permuted it, cast and assigned, one tensor at a time; a small thread pool overlaps the
-numpy work of the next few tensors.
+numpy work of the next few tensors. Expert tensors (`blk.L.ffn_*_exps.*`) are stacked over
+experts already; runtime/loader/experts.py places them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from gguf.quants import dequantize
 
-from runtime.config import ModelConfig, RopeScaling
+from runtime.config import FULL, SLIDING, ModelConfig, RopeScaling
 from runtime.errors import CorruptModelFile, UnsupportedModel
 from runtime.loader.common import (
     LoadedModel,
@@ -32,9 +34,11 @@ from runtime.loader.common import (
     parameter_names,
     weights_id,
 )
+from runtime.loader.experts import ExpertTensors, is_expert_tensor
 from runtime.loader.gguf_file import GGUFFile, TensorInfo, read_gguf
 
-SUPPORTED_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+SUPPORTED_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                        "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss"}
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -53,7 +57,10 @@ _BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "post_attention_norm": "post_attention_layernorm",  # gpt-oss has no ffn_norm
 }
+_ROUTER = {"qwen3_moe": "mlp.gate", "gpt_oss": "mlp.router"}  # llama.cpp's ffn_gate_inp
+_SINKS = re.compile(r"blk\.(\d+)\.attn_sinks\.weight")
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 ROPE_FREQS = "rope_freqs.weight"  # llama3-style per-frequency divisors, applied to the rotary
 _PREFETCH = 4  # dequantized tensors in flight at most
@@ -67,14 +74,17 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedMod
     gf = read_gguf(path)
     cfg = gguf_model_config(gf)
     model = build_on_meta(cfg)
-    names = {name: hf_name(name) for name in gf.tensors if name != ROPE_FREQS}
-    unknown = [name for name, hf in names.items() if hf is None]
+    experts = ExpertTensors(model, cfg, dtype, device)
+    names = {name: hf_name(name, cfg.family) for name in gf.tensors if name != ROPE_FREQS}
+    unknown = [name for name, hf in names.items() if hf is None and not is_expert_tensor(name)]
     expected = parameter_names(model)
     check_unexpected([*unknown, *(hf for hf in names.values() if hf)], expected, set(), path)
     infos = [gf.tensors[name] for name in names]
     work = lambda i: _dequantized(gf, i, _permuted_heads(i.name, cfg))  # noqa: E731
     for info, weights in _prefetch(work, infos):
-        assign_tensor(model, names[info.name], weights, dtype, device)
+        if not experts.take_gguf(info.name, lambda w=weights: w):
+            assign_tensor(model, names[info.name], weights, dtype, device)
+    experts.check_complete(path)
     check_complete(model, path)
     if ROPE_FREQS in gf.tensors:
         model.model.rotary.set_freq_factors(_dequantized(gf, gf.tensors[ROPE_FREQS]))
@@ -82,14 +92,20 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedMod
     return LoadedModel(model, cfg, path, dtype, weights_id([path]), eos)
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face parameter name of a llama.cpp tensor name, or None if unknown."""
+def hf_name(gguf_name: str, family: str = "llama") -> str | None:
+    """The Hugging Face parameter name of a llama.cpp tensor name, or None if unknown (and for
+    stacked expert tensors, which have no single HF name)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
+    if sink := _SINKS.fullmatch(gguf_name):
+        return f"model.layers.{sink.group(1)}.self_attn.sinks"
     m = _BLOCK_RE.fullmatch(gguf_name)
-    if m is None or m.group(2) not in _BLOCK_NAMES:
+    if m is None:
         return None
-    return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    module = _ROUTER.get(family) if m.group(2) == "ffn_gate_inp" else _BLOCK_NAMES.get(m.group(2))
+    if module is None:
+        return None
+    return f"model.layers.{m.group(1)}.{module}.{m.group(3)}"
 
 
 def gguf_model_config(gf: GGUFFile) -> ModelConfig:
@@ -109,27 +125,56 @@ def gguf_model_config(gf: GGUFFile) -> ModelConfig:
 
     heads = int(get("attention.head_count"))
     vocab, hidden = _shape_of(gf, "token_embd.weight")
+    moe = _moe_fields(gf, family, get)
     return ModelConfig(
         family=family,
         vocab_size=vocab,  # embedding rows: the tokenizer list may be shorter when padded
         hidden_size=hidden,
-        intermediate_size=int(get("feed_forward_length")),
+        intermediate_size=int(moe.pop("intermediate_size", None) or get("feed_forward_length")),
         num_layers=int(get("block_count")),
         num_heads=heads,
         num_kv_heads=int(get("attention.head_count_kv", heads)),
         head_dim=_shape_of(gf, "blk.0.attn_q.weight")[0] // heads,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
-        rope_scaling=_rope_scaling(meta, arch),
+        rope_scaling=_rope_scaling(meta, arch, truncate=family != "gpt_oss"),
         max_position_embeddings=int(get("context_length", 4096)),
         tie_word_embeddings="output.weight" not in gf.tensors,
-        attention_bias="blk.0.attn_q.bias" in gf.tensors,
-        qk_norm=family == "qwen3",
+        attention_bias="blk.0.attn_q.bias" in gf.tensors or family == "gpt_oss",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         bos_token_id=_token_ids(meta, ("bos",))[0]
         if "tokenizer.ggml.bos_token_id" in meta
         else None,
         eos_token_ids=_token_ids(meta, ("eos",)),
+        **moe,
     )
+
+
+def _moe_fields(gf: GGUFFile, family: str, get: Callable[..., Any]) -> dict[str, Any]:
+    """Expert counts and attention variants from llama.cpp's metadata (its fixed choices where
+    it has no key: Qwen3-MoE renormalises the top k; gpt-oss's SwiGLU is alpha 1.702, limit 7,
+    its sliding layers are the even ones)."""
+    if family not in ("qwen3_moe", "gpt_oss"):
+        return {}
+    layers = int(get("block_count"))
+    fields: dict[str, Any] = {
+        "num_experts": int(get("expert_count")),
+        "num_experts_per_tok": int(get("expert_used_count")),
+        "moe_intermediate_size": int(get("expert_feed_forward_length")),
+        "mlp_only_layers": tuple(
+            i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" not in gf.tensors
+        ),
+    }
+    if family == "qwen3_moe":
+        fields["norm_topk_prob"] = bool(get("expert_weights_norm", True))
+        return fields
+    fields.update(
+        intermediate_size=fields["moe_intermediate_size"],
+        layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(layers)),
+        sliding_window=int(get("attention.sliding_window", 128)),
+        attention_sinks=True,
+    )
+    return fields
 
 
 def _shape_of(gf: GGUFFile, name: str) -> tuple[int, ...]:
@@ -139,7 +184,7 @@ def _shape_of(gf: GGUFFile, name: str) -> tuple[int, ...]:
     return info.shape
 
 
-def _rope_scaling(meta: dict[str, Any], arch: str) -> RopeScaling:
+def _rope_scaling(meta: dict[str, Any], arch: str, truncate: bool = True) -> RopeScaling:
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
     if kind == "none":
         return RopeScaling()
@@ -154,6 +199,7 @@ def _rope_scaling(meta: dict[str, Any], arch: str) -> RopeScaling:
             original_max_position_embeddings=None if orig is None else int(orig),
             beta_fast=float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
             beta_slow=float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0)),
+            truncate=truncate,  # gpt-oss's yarn keeps the fractional correction range
         )
     raise UnsupportedModel(f"unsupported GGUF rope scaling {kind!r}; supported: none, linear, yarn")
 

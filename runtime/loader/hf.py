@@ -1,4 +1,8 @@
-"""Load a Hugging Face folder: config.json and safetensors weights (one file or index shards)."""
+"""Load a Hugging Face folder: config.json and safetensors weights (one file or index shards).
+
+Expert tensors of MoE checkpoints go through runtime/loader/experts.py (stacked, per expert,
+or MXFP4 for gpt-oss: its only quantization we read, dequantized at load).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from runtime.loader.common import (
     parameter_names,
     weights_id,
 )
+from runtime.loader.experts import ExpertTensors
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -34,8 +39,10 @@ def load_hf_folder(path: Path, dtype: torch.dtype, device: torch.device) -> Load
     files = weight_files(path)
     model = build_on_meta(cfg)
     expected = parameter_names(model)
+    experts = ExpertTensors(model, cfg, dtype, device)
     for file in files:
-        _load_file(model, file, expected, cfg.tie_word_embeddings, dtype, device)
+        _load_file(model, file, expected, cfg.tie_word_embeddings, experts, dtype, device)
+    experts.check_complete(path)
     check_complete(model, path)
     eos = merge_ids(cfg.eos_token_ids, _generation_eos(path))
     wid = weights_id([*files, config_file])
@@ -80,10 +87,28 @@ def _model_config(raw: dict[str, Any], config_file: Path) -> ModelConfig:
     for option in ("mlp_bias", "use_sliding_window"):
         if raw.get(option):
             raise UnsupportedModel(f"{config_file} sets {option}, which is not supported")
+    _check_quantization(raw, config_file)
     try:
         return ModelConfig.from_hf(raw)
     except KeyError as e:
         raise CorruptModelFile(f"{config_file} lacks {e}; re-download the model") from e
+
+
+# quant_method -> the architectures whose checkpoints we can read with it.
+SUPPORTED_QUANTIZATION = {"mxfp4": ("GptOssForCausalLM",)}
+
+
+def _check_quantization(raw: dict[str, Any], config_file: Path) -> None:
+    quant = raw.get("quantization_config")
+    if not quant:
+        return
+    method = quant.get("quant_method") if isinstance(quant, dict) else quant
+    arch = (raw.get("architectures") or [None])[0]
+    if arch not in SUPPORTED_QUANTIZATION.get(str(method), ()):
+        raise UnsupportedModel(
+            f"{config_file} is quantized with {method!r}, which is not supported for {arch}; "
+            "supported: mxfp4 (gpt-oss experts); use an unquantized (bf16) checkpoint"
+        )
 
 
 @contextmanager
@@ -97,15 +122,18 @@ def _open(file: Path):
         yield f
 
 
-def _load_file(model, file: Path, expected: set[str], tied: bool, dtype, device) -> None:
+def _load_file(model, file: Path, expected: set[str], tied: bool, experts: ExpertTensors,
+               dtype, device) -> None:
     with _open(file) as f:
         names = list(f.keys())
         # Old checkpoints store rotary buffers; tied ones sometimes still store the head.
-        ignorable = {n for n in names if n.endswith("rotary_emb.inv_freq")}
+        ignorable = {n for n in names if n.endswith("rotary_emb.inv_freq") or experts.claims(n)}
         if tied:
             ignorable.add("lm_head.weight")
         check_unexpected(names, expected, ignorable, file)
         for name in names:
+            if experts.take(name, lambda name=name: _tensor(f, name, file)):
+                continue
             if name in expected:
                 assign_tensor(model, name, _tensor(f, name, file), dtype, device)
 

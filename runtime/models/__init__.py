@@ -1,7 +1,11 @@
 """Model definitions as plain nn.Modules, and the registry that builds one from a ModelConfig.
 
 Files:
-- llama.py: CausalLM for the Llama family (Llama / Mistral, Qwen2 qkv bias, Qwen3 q/k norm).
+- llama.py: CausalLM for the Llama family (Llama / Mistral, Qwen2 qkv bias, Qwen3 q/k norm),
+  and the layers the other families reuse (RMSNorm, Attention with window and sinks, MLP).
+- moe.py: the routed-experts feed-forward: TopKRouter, stacked Experts.
+- qwen3_moe.py: Qwen3-MoE (Qwen3 attention, sparse and dense layers).
+- gpt_oss.py: gpt-oss (sinks, sliding-window layers, biased experts, clamped SwiGLU).
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from torch import nn
 
 from runtime.config import ModelConfig
 from runtime.errors import UnsupportedModel
+from runtime.models.gpt_oss import GptOssForCausalLM
 from runtime.models.llama import CausalLM
+from runtime.models.qwen3_moe import Qwen3MoeForCausalLM
 
 # ModelConfig.family -> model class. One class serves the whole family; flags pick the variant.
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "llama": CausalLM,
     "qwen2": CausalLM,
     "qwen3": CausalLM,
+    "qwen3_moe": Qwen3MoeForCausalLM,
+    "gpt_oss": GptOssForCausalLM,
 }
 
 

@@ -2,10 +2,14 @@
 
 Parameter names equal Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`),
 so a HF state dict loads as it is. Tokens of every sequence in a batch are flattened into one
-dimension T; attention over the paged KV cache goes through `ForwardContext.attend`.
+dimension T; attention over the paged KV cache goes through `ForwardContext.attend`, every
+other operation through `ForwardContext.ops` (runtime/kernels/layer_ops.py: torch on CPU,
+Triton kernels on CUDA), so no layer here knows which device it runs on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,42 +17,33 @@ from torch import Tensor, nn
 
 from runtime.config import ModelConfig
 from runtime.forward_context import ForwardContext
-from runtime.rope import RotaryEmbedding, apply_rotary
-
-# Batch-1 projections on CUDA through the streaming GEMV (runtime/kernels/triton_linear.py);
-# False falls back to cuBLAS (for A/B runs; set before CUDA graphs are captured).
-DECODE_GEMV = True
+from runtime.kernels.layer_ops import LayerOps, layer_ops
+from runtime.rope import RotaryEmbedding
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back before the weight, exactly as transformers does."""
+    """RMSNorm in fp32, as transformers computes it: Llama casts back before the weight,
+    gpt-oss (`weight_in_fp32`) multiplies by the weight in fp32 and casts after."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, weight_in_fp32: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.weight_in_fp32 = weight_in_fp32
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         # One fused kernel for x * rsqrt(mean(x^2) + eps), in fp32 like transformers.
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        if self.weight_in_fp32:
+            return (self.weight * x).to(dtype)
         return self.weight * x.to(dtype)
-
-    def add_norm(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
-        """`(norm(residual + x), residual + x)`; with no residual yet, `(norm(x), x)`.
-
-        On CUDA one fused kernel does both (runtime/kernels/triton_norm.py)."""
-        if x.is_cuda and x.dim() == 2:
-            from runtime.kernels.triton_norm import add_rmsnorm
-
-            return add_rmsnorm(x, self.weight, self.eps, residual)
-        if residual is not None:
-            x = residual + x
-        return self(x), x
 
 
 class Attention(nn.Module):
-    """GQA self-attention with rotary embeddings; K/V go to the paged cache via the context."""
+    """GQA self-attention with rotary embeddings; K/V go to the paged cache via the context.
+
+    Per layer, from the config: a sliding window and learned sinks (gpt-oss)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -67,6 +62,10 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        self.window = cfg.window_of(layer_idx)
+        self.sinks: nn.Parameter | None = None
+        if cfg.attention_sinks:
+            self.sinks = nn.Parameter(torch.empty(cfg.num_heads))
         self.qkv_proj: nn.Linear | None = None
 
     def fuse(self) -> None:
@@ -76,22 +75,23 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: ForwardContext) -> Tensor:
         t, hq, hkv, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        ops = ctx.ops
         if self.qkv_proj is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q = self.q_proj(x).reshape(t, hq, d)
+            k, v = self.k_proj(x).reshape(t, hkv, d), self.v_proj(x).reshape(t, hkv, d)
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
         else:
-            qkv = _project(self.qkv_proj, x)
-            if x.is_cuda and not self.qk_norm:
-                # q and k are adjacent in each row: rotate both heads' sets in one launch.
-                _rotate(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
-                cos = sin = None
-            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-        q, k, v = q.reshape(t, hq, d), k.reshape(t, hkv, d), v.reshape(t, hkv, d)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if cos is not None:
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        out = ctx.attend(self.layer_idx, q, k, v, self.scale)  # (T, Hq, D)
-        return _project(self.o_proj, out.reshape(t, hq * d))  # (T, hidden)
+            heads = ops.linear(x, self.qkv_proj).view(t, hq + 2 * hkv, d)
+            q, k, v = heads.split([hq, hkv, hkv], dim=1)
+            if self.qk_norm:
+                q, k = ops.rope(self.q_norm(q), cos, sin), ops.rope(self.k_norm(k), cos, sin)
+            else:  # q and k are adjacent in each row: both heads' sets in one rotation
+                q, k = ops.rope(heads[:, : hq + hkv], cos, sin).split([hq, hkv], dim=1)
+        out = ctx.attend(self.layer_idx, q, k, v, self.scale, window=self.window,
+                         sinks=self.sinks)  # (T, Hq, D)
+        return ops.linear(out.reshape(t, hq * d), self.o_proj)  # (T, hidden)
 
 
 class MLP(nn.Module):
@@ -109,47 +109,10 @@ class MLP(nn.Module):
         self.gate_up_proj = _fused([self.gate_proj, self.up_proj])
         del self.gate_proj, self.up_proj
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ops: LayerOps) -> Tensor:
         if self.gate_up_proj is None:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate_up = _project(self.gate_up_proj, x)
-        if x.is_cuda:  # Triton kernels, imported lazily (kernels/conftest.py says why)
-            from runtime.kernels.triton_linear import gemv, silu_mul
-
-            if _use_gemv(x):
-                return gemv(gate_up, self.down_proj.weight, act="silu_mul")
-            return self.down_proj(silu_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
-def _use_gemv(x: Tensor) -> bool:
-    return DECODE_GEMV and x.is_cuda and x.shape[0] == 1
-
-
-def _project(linear: nn.Module, x: Tensor) -> Tensor:
-    """`linear(x)`; one row on CUDA streams the weight through the GEMV kernel. Off that path
-    the module itself runs (on CPU it may be a OneDnnLinear holding packed weights)."""
-    if _use_gemv(x):
-        return _matmul(x, linear.weight, linear.bias)
-    return linear(x)
-
-
-def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    if _use_gemv(x):
-        from runtime.kernels.triton_linear import gemv
-
-        return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """RoPE: in place by one Triton kernel on CUDA, by torch ops elsewhere."""
-    if x.is_cuda:
-        from runtime.kernels.triton_norm import rope_
-
-        return rope_(x, cos, sin)
-    return apply_rotary(x, cos, sin)
+        return ops.gated_mlp(ops.linear(x, self.gate_up_proj), self.down_proj)
 
 
 def _fused(linears: list[nn.Linear]) -> nn.Linear:
@@ -166,35 +129,44 @@ def _fused(linears: list[nn.Linear]) -> nn.Linear:
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); each add is done by the next
-    norm (fused on CUDA)."""
+    norm (fused on CUDA). The feed-forward is the family's (dense MLP or routed experts)."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, mlp: nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, layer_idx)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = mlp
+        self.input_layernorm = _norm(cfg, cfg.hidden_size)
+        self.post_attention_layernorm = _norm(cfg, cfg.hidden_size)
 
     def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor,
                 ctx: ForwardContext) -> tuple[Tensor, Tensor]:
         """The residual stream travels beside the block's output, so each norm can add it."""
-        h, residual = self.input_layernorm.add_norm(x, residual)
+        h, residual = ctx.ops.add_norm(x, residual, self.input_layernorm)
         h = self.self_attn(h, cos, sin, ctx)
-        h, residual = self.post_attention_layernorm.add_norm(h, residual)
-        return self.mlp(h), residual
+        h, residual = ctx.ops.add_norm(h, residual, self.post_attention_layernorm)
+        return self.mlp(h, ctx.ops), residual
+
+
+def _norm(cfg: ModelConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, cfg.rms_norm_eps, weight_in_fp32=cfg.family == "gpt_oss")
+
+
+MlpFactory = Callable[[ModelConfig, int], nn.Module]
 
 
 class DecoderModel(nn.Module):
     """Embedding, decoder layers and the final norm (HF's `model.` prefix)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mlp_for: MlpFactory):
         super().__init__()
         weight = torch.empty(cfg.vocab_size, cfg.hidden_size)
         if not weight.is_meta:  # normal_ on meta imports torch._dynamo: ~1 s per process
             nn.init.normal_(weight)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=weight)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, mlp_for(cfg, i)) for i in range(cfg.num_layers)
+        )
+        self.norm = _norm(cfg, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg)
 
     def forward(self, input_ids: Tensor, positions: Tensor, ctx: ForwardContext) -> Tensor:
@@ -204,21 +176,29 @@ class DecoderModel(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, cos, sin, ctx)
-        return self.norm.add_norm(x, residual)[0]
+        return ctx.ops.add_norm(x, residual, self.norm)[0]
 
 
 class CausalLM(nn.Module):
-    """The whole model; `lm_head` is absent when the embeddings are tied."""
+    """The whole model; `lm_head` is absent when the embeddings are tied.
+
+    Families differ in their feed-forward: subclasses override `make_mlp` (qwen3_moe.py,
+    gpt_oss.py); attention variants come from the config."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.model = DecoderModel(cfg)
+        self.model = DecoderModel(cfg, self.make_mlp)
         self.lm_head: nn.Linear | None = None
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # A tied head laid out for the matmul (runtime/engine/cpu_layout.py), when one is made.
         self.packed_head: nn.Module | None = None
+
+    @staticmethod
+    def make_mlp(cfg: ModelConfig, layer_idx: int) -> nn.Module:
+        """The feed-forward of layer `layer_idx`: the dense SwiGLU MLP."""
+        return MLP(cfg)
 
     def fuse_projections(self) -> None:
         """q/k/v and gate/up as single matmuls, layer by layer (one extra matrix at a time).
@@ -226,16 +206,20 @@ class CausalLM(nn.Module):
         For serving only: parameter names change, so load weights before calling this."""
         for layer in self.model.layers:
             layer.self_attn.fuse()
-            layer.mlp.fuse()
+            if isinstance(layer.mlp, MLP):  # experts are stacked already
+                layer.mlp.fuse()
 
     def forward(self, input_ids: Tensor, positions: Tensor, ctx: ForwardContext) -> Tensor:
         """input_ids, positions: (T,) int64 flattened over the batch -> hidden (T, hidden_size)."""
         return self.model(input_ids, positions, ctx)
 
-    def compute_logits(self, hidden: Tensor) -> Tensor:
-        """(N, hidden) -> (N, vocab) float32, computed in the weights' dtype like transformers."""
+    def compute_logits(self, hidden: Tensor, ops: LayerOps | None = None) -> Tensor:
+        """(N, hidden) -> (N, vocab) float32, computed in the weights' dtype like transformers.
+
+        `ops`: the engine's; by default those of hidden's device."""
+        ops = ops or layer_ops(hidden.device)
         if self.lm_head is not None:
-            return _project(self.lm_head, hidden).float()
+            return ops.linear(hidden, self.lm_head).float()
         if self.packed_head is not None:
             return self.packed_head(hidden).float()
-        return _matmul(hidden, self.model.embed_tokens.weight).float()
+        return ops.matmul(hidden, self.model.embed_tokens.weight).float()

@@ -14,6 +14,7 @@ from memory.kv_layout import KVLayout
 from runtime.config import ModelConfig
 from runtime.engine.metadata import build_metadata
 from runtime.forward_context import ForwardContext
+from runtime.kernels.layer_ops import TorchOps
 from runtime.kernels.torch_ref import TorchReferenceBackend
 
 
@@ -32,6 +33,7 @@ class PagedRunner:
         self.model = model
         self.pool = DevicePagePool(layout, num_pages)
         self.backend = TorchReferenceBackend()
+        self.ops = TorchOps()
         self.page_size = page_size
         self.pages: list[int] = []
         self.tokens: list[int] = []
@@ -44,7 +46,7 @@ class PagedRunner:
         if need > 0:
             self.pages += self.pool.alloc(need)
         meta = build_metadata([self.pages], [end], [len(ids)], self.page_size, torch.device("cpu"))
-        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta)
+        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta, self.ops)
         hidden = self.model(torch.tensor(ids), torch.arange(start, end), ctx)
         self.tokens += ids
         return self.model.compute_logits(hidden)
@@ -125,6 +127,20 @@ def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
             pad_token_id=0,
         )
     return out[0, len(ids) :].tolist()
+
+
+def check_prefill(hf, loaded, prompt_len: int, chunks: list[int], page_size: int = 16) -> None:
+    """Chunked prefill of a random prompt: logits at every position close to transformers'."""
+    ids = prompt_ids(loaded.config.vocab_size, prompt_len)
+    ours = PagedRunner(loaded.model, loaded.config, page_size=page_size).prefill(ids, chunks)
+    assert_close_logits(ours, hf_logits(hf, ids))
+
+
+def check_greedy(hf, loaded, prompt_len: int, new_tokens: int, chunks: list[int]) -> None:
+    """Greedy decoding after a chunked prefill: the very tokens transformers generates."""
+    ids = prompt_ids(loaded.config.vocab_size, prompt_len, seed=2)
+    ours = PagedRunner(loaded.model, loaded.config, page_size=16).greedy(ids, new_tokens, chunks)
+    assert ours == hf_greedy(hf, ids, new_tokens)
 
 
 def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4) -> None:

@@ -124,10 +124,8 @@ def quantized(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     return data, gguf.quants.dequantize(data, qtype)
 
 
-def write_gguf(path: Path, hf, arch: str, qtype: Q, rope: dict) -> None:
-    """Write `hf` as llama.cpp would; `hf`'s weights become the dequantized values (in place)."""
-    cfg = hf.config
-    w = gguf.GGUFWriter(str(path), arch)
+def add_shape_metadata(w: gguf.GGUFWriter, cfg) -> None:
+    """The metadata every llama.cpp architecture has: sizes, heads, rope base, norm eps."""
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -136,6 +134,13 @@ def write_gguf(path: Path, hf, arch: str, qtype: Q, rope: dict) -> None:
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+
+
+def write_gguf(path: Path, hf, arch: str, qtype: Q, rope: dict) -> None:
+    """Write `hf` as llama.cpp would; `hf`'s weights become the dequantized values (in place)."""
+    cfg = hf.config
+    w = gguf.GGUFWriter(str(path), arch)
+    add_shape_metadata(w, cfg)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_eot_token_id(5)

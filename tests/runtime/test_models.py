@@ -15,6 +15,8 @@ from runtime.rope import inv_freq_and_scale
 from tests.runtime.helpers import (
     PagedRunner,
     assert_close_logits,
+    check_greedy,
+    check_prefill,
     hf_greedy,
     hf_logits,
     prompt_ids,
@@ -69,17 +71,11 @@ def test_rope_inv_freq_matches_transformers(pair):
 
 
 def test_chunked_prefill_logits_match(pair):
-    hf, loaded = pair
-    ids = prompt_ids(loaded.config.vocab_size, PROMPT_LEN)
-    ours = PagedRunner(loaded.model, loaded.config, page_size=16).prefill(ids, CHUNKS)
-    assert_close_logits(ours, hf_logits(hf, ids))
+    check_prefill(*pair, PROMPT_LEN, CHUNKS)
 
 
 def test_greedy_tokens_match(pair):
-    hf, loaded = pair
-    ids = prompt_ids(loaded.config.vocab_size, PROMPT_LEN, seed=2)
-    ours = PagedRunner(loaded.model, loaded.config, page_size=16).greedy(ids, NEW_TOKENS, [33])
-    assert ours == hf_greedy(hf, ids, NEW_TOKENS)
+    check_greedy(*pair, PROMPT_LEN, NEW_TOKENS, [33])
 
 
 def test_build_model_takes_hf_state_dict(pair):

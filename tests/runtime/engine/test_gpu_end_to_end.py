@@ -14,9 +14,8 @@ from memory.kv_layout import KVLayout
 from runtime.config import ModelConfig
 from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.kv_pages import PrivatePages
-from runtime.kernels import pdl
 from runtime.kernels.backend import create_backend
-from runtime.models import build_model, llama
+from runtime.models import build_model
 
 pytestmark = pytest.mark.gpu
 
@@ -77,14 +76,12 @@ def fused_model():
 
 
 @pytest.mark.parametrize("switch", ["pdl", "gemv"])
-def test_decode_features_keep_the_logits(fused_model, switch, monkeypatch):
+def test_decode_features_keep_the_logits(fused_model, switch):
     prompt = torch.randint(0, CFG.vocab_size, (900,), generator=torch.Generator().manual_seed(1))
     on = prompt_and_steps(engine(fused_model, "triton"), prompt.tolist())
-    if switch == "pdl":
-        monkeypatch.setattr(pdl, "ENABLED", False)
-    else:
-        monkeypatch.setattr(llama, "DECODE_GEMV", False)
-    off = prompt_and_steps(engine(fused_model, "triton"), prompt.tolist())
+    eng = engine(fused_model, "triton")
+    eng.runner.set_ops_options(**{"pdl" if switch == "pdl" else "decode_gemv": False})
+    off = prompt_and_steps(eng, prompt.tolist())
     if switch == "pdl":  # launch order only: the very same arithmetic
         assert torch.equal(on, off)
     else:  # another summation order than cuBLAS's

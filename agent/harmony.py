@@ -18,11 +18,10 @@ their JSON arguments object.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
-from agent.tool_calls import ParsedOutput, ToolCall
+from agent.tool_calls import BadArguments, ParsedOutput, ToolCall, load_json
 
 MARKERS = ("<|channel|>", "<|message|>")  # a reply in harmony has these; no other format does
 _START = "<|start|>"
@@ -88,10 +87,9 @@ def _call(message: HarmonyMessage, call_id: str) -> ToolCall:
     name = recipient.removeprefix(_NAMESPACE)
     body = message.body.strip() or "{}"
     try:
-        args = json.loads(body)
-    except json.JSONDecodeError as e:
-        return ToolCall(call_id, name, {}, f"tool call arguments are not valid JSON ({e.msg} at "
-                        f"char {e.pos}); write {_USAGE}")
+        args = load_json(body)  # NaN, surrogates, huge ints, deep nesting: a tool error
+    except BadArguments as e:
+        return ToolCall(call_id, name, {}, f"{e}; write {_USAGE}")
     if not isinstance(args, dict):
         return ToolCall(call_id, name, {},
                         f"tool call arguments must be a JSON object; write {_USAGE}")

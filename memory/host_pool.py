@@ -130,10 +130,13 @@ class HostPagePool:
             try:
                 return torch.empty(shape, dtype=self.layout.dtype, pin_memory=True)
             except RuntimeError as e:
-                self._pin = False
-                log.warning("cannot pin more host memory for the KV host tier (%s); the rest "
-                            "of it is pageable, which copies more slowly. Lower --host-memory "
-                            "to stay within what the host can pin.", str(e).splitlines()[0])
+                with self._lock:
+                    first, self._pin = self._pin, False
+                if first:  # once, though the pinning thread may fail at the same time
+                    log.warning("cannot pin more host memory for the KV host tier (%s); the "
+                                "rest of it is pageable, which copies more slowly. Lower "
+                                "--host-memory to stay within what the host can pin.",
+                                str(e).splitlines()[0])
         return torch.empty(shape, dtype=self.layout.dtype)
 
     # -- copies ------------------------------------------------------------------------------

@@ -125,9 +125,23 @@ class DiskTier:
         """Make one page durable (see write_many)."""
         return self.write_many([(h, payload)])[0]
 
-    def write_many(self, items: list[tuple[bytes, np.ndarray]]) -> list[bool]:
+    def write_many(self, items: list[tuple[bytes, np.ndarray]],
+                   stamps: list[float] | None = None) -> list[bool]:
         """Write pages durably, fsyncing each directory once per batch; True where the page is
-        on disk afterwards (already there counts). Never raises for I/O errors."""
+        on disk afterwards (already there counts). `stamps` are the files' mtimes (last use
+        for the LRU gc; 0 or None: now). Never raises for I/O errors."""
+        done = self._write_many(items)
+        for (h, _), stamp, ok in zip(items, stamps or [0.0] * len(items), done):
+            if ok and stamp:
+                _touch(self.path(h), stamp)
+        return done
+
+    def stamp(self, hashes: list[bytes], stamps: list[float]) -> None:
+        """Set the last-use times of page files (a restored chain: head newest)."""
+        for h, t in zip(hashes, stamps, strict=True):
+            _touch(self.path(h), t)
+
+    def _write_many(self, items: list[tuple[bytes, np.ndarray]]) -> list[bool]:
         done = [False] * len(items)
         if not self.writable:
             return done
@@ -436,10 +450,10 @@ def _readinto_all(f, out: memoryview) -> int:
     return got
 
 
-def _touch(path: Path) -> None:
-    """Bump mtime (last use) of an existing page file, where permitted."""
+def _touch(path: Path, when: float | None = None) -> None:
+    """Set mtime (last use) of an existing page file to `when` (default now), where permitted."""
     try:
-        os.utime(path)
+        os.utime(path, None if not when else (when, when))
     except OSError:
         pass
 

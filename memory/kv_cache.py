@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,8 @@ class TieredKVCache:
         self.pool.free(pages[n_ok:])
         if not direct:
             self.host.to_device(slots[:n_ok], self.pool.data, pages[:n_ok])
+        now = time.time()
+        self.disk.stamp(run[:n_ok], [now - (len(got.pages) + i) * 1e-6 for i in range(n_ok)])
         for i, h in enumerate(run[:n_ok]):
             e = self.index.get(h) or self.index.add(h)
             self.index.set_disk(e, True)
@@ -250,8 +253,9 @@ class TieredKVCache:
             self._private[p] = 1
         return pages
 
-    def seal(self, page_id: int, h: bytes) -> int:
-        """Publish a full private page under hash h; returns the id to use from now on."""
+    def seal(self, page_id: int, h: bytes, stamp: float = 0.0) -> int:
+        """Publish a full private page under hash h; returns the id to use from now on.
+        `stamp` orders it for the disk's LRU gc (PageEntry.stamp; 0: now)."""
         self.tiers.drain()
         holders = self._private.pop(page_id, None)
         assert holders == 1, f"sealing page {page_id} with {holders} holders (must be 1 private)"
@@ -266,6 +270,7 @@ class TieredKVCache:
                 self.index.set_disk(e, True)  # written by an earlier session or process
         self.index.set_device(e, page_id)
         self.index.pin(e)
+        e.stamp = stamp or time.time()
         if not e.disk and not e.writing:
             self.tiers.write_through(e, wait=False)
         return page_id

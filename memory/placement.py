@@ -72,7 +72,8 @@ class Placement:
                 return
             self.host.to_host(self.pool.data, [e.device], slots)
             self.index.set_host(e, slots[0])
-        job = WriteJob(e.hash, e.host, self.host.slot_bytes(e.host), self.host.fence(e.host))
+        job = WriteJob(e.hash, e.host, self.host.slot_bytes(e.host), self.host.fence(e.host),
+                       e.stamp)
         if wait:
             self.writer.submit_blocking(job)
         elif not self.writer.submit(job):

@@ -31,6 +31,10 @@ class PageEntry:
     last_used: int = 0
     writing: bool = False
     restoring: bool = False
+    # Last use of its chain on the clock, less 1 us per page of depth: the page file's mtime,
+    # so the disk's LRU gc removes old chains whole and each from its tail, never a head
+    # that later pages need.
+    stamp: float = 0.0
 
 
 class PrefixIndex:

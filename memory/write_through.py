@@ -36,6 +36,7 @@ class WriteJob:
     slot: int
     payload: np.ndarray
     ready: torch.cuda.Event | None = None  # the device -> host copy; None when already done
+    stamp: float = 0.0  # the page file's mtime (PageEntry.stamp); 0: the time of writing
 
 
 class WriteThrough:
@@ -120,7 +121,8 @@ class WriteThrough:
             for job in batch:
                 if job.ready is not None:
                     job.ready.synchronize()
-            ok = self.disk.write_many([(j.hash, j.payload) for j in batch])
+            ok = self.disk.write_many([(j.hash, j.payload) for j in batch],
+                                      [j.stamp for j in batch])
         except Exception:
             log.exception("KV write-through failed for %d pages", len(batch))
             ok = [False] * len(batch)

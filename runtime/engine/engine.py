@@ -282,7 +282,7 @@ class Engine:
         prev = seq.hashes[-1] if seq.hashes else None
         for i, h in enumerate(self._chain(seq.tokens, n_full, prev, len(seq.hashes)),
                               start=len(seq.hashes)):
-            page = self.kv.seal(seq.pages[i], h)
+            page = self.kv.seal(seq.pages[i], h, seq.epoch - i * 1e-6)
             if page != seq.pages[i]:
                 seq.table.replace(i, page)
             seq.hashes.append(h)

@@ -36,7 +36,7 @@ class KVPages(Protocol):
 
     def alloc(self, n: int) -> list[int]: ...
 
-    def seal(self, page: int, h: bytes) -> int: ...
+    def seal(self, page: int, h: bytes, stamp: float = 0.0) -> int: ...
 
     def pin(self, pages: list[int]) -> None: ...
 
@@ -66,7 +66,7 @@ class PrivatePages:
             self._refs[p] = 1
         return pages
 
-    def seal(self, page: int, h: bytes) -> int:
+    def seal(self, page: int, h: bytes, stamp: float = 0.0) -> int:
         return page
 
     def pin(self, pages: list[int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,8 @@ class Sequence:
     hashes: list[bytes] = field(default_factory=list)
     last_logits: torch.Tensor | None = None  # (vocab,) float32 for the last computed token
     seq_id: int = field(default_factory=lambda: next(_ids))
+    # When the sequence began (or was resumed): its pages' last use on disk, less their depth.
+    epoch: float = field(default_factory=time.time)
 
     @property
     def pages(self) -> list[int]:

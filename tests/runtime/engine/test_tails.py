@@ -89,3 +89,29 @@ def test_a_shorter_prompt_never_takes_a_longer_tail(model, tmp_path):
     rseq = ref.new_sequence()
     ref.extend(rseq, short)
     assert torch.allclose(seq.last_logits, rseq.last_logits, atol=1e-5)
+
+
+def test_the_disk_gc_keeps_a_chain_head_and_drops_its_tail(model, tmp_path):
+    """Pages are written head first, so plain LRU by write time would delete the head, after
+    which no later page is reachable; page files carry their chain's last use less their depth."""
+    engine, _, _ = first_process(model, tmp_path)
+    disk = engine.kv.disk
+    page_file = disk.page_bytes + 4096
+    disk.gc(4 * page_file)
+    other = tiered_engine(model, tmp_path)
+    result = other.extend(other.new_sequence(), LONG)
+    assert result.cached_by_tier.get("disk", 0) >= 4 * PAGE - PAGE, result
+
+
+def test_a_restored_chain_is_newer_than_an_older_session(model, tmp_path):
+    first_process(model, tmp_path)  # session A
+    other_prompt = [t + 1 for t in LONG]
+    first_process(model, tmp_path, prompt=other_prompt)  # session B, later
+    # A is resumed: its pages become the most recently used chain, head newest.
+    again = tiered_engine(model, tmp_path)
+    again.extend(again.new_sequence(), LONG)
+    disk = again.kv.disk
+    disk.gc(8 * (disk.page_bytes + 4096))
+    fresh = tiered_engine(model, tmp_path)
+    kept = fresh.extend(fresh.new_sequence(), LONG).cached_by_tier.get("disk", 0)
+    assert kept >= 8 * PAGE - PAGE

@@ -35,7 +35,7 @@ def test_full_queue_refuses_without_blocking(tmp_path: Path):
     disk = DiskTier(tmp_path, FP, PAGE)
     gate = threading.Event()
     real = disk.write_many
-    disk.write_many = lambda items: (gate.wait(), real(items))[1]
+    disk.write_many = lambda items, stamps=None: (gate.wait(), real(items, stamps))[1]
     wt = WriteThrough(disk, max_pending=2)
     accepted = [wt.submit(job(i)) for i in range(6)]
     assert accepted[:2] == [True, True] and not all(accepted)
@@ -49,7 +49,7 @@ def test_full_queue_refuses_without_blocking(tmp_path: Path):
 def test_errors_are_reported_not_raised(tmp_path: Path, caplog):
     disk = DiskTier(tmp_path, FP, PAGE)
 
-    def boom(items):
+    def boom(items, stamps=None):
         raise RuntimeError("disk on fire")
 
     disk.write_many = boom

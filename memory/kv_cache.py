@@ -202,8 +202,9 @@ class TieredKVCache:
         self.pool.free(pages[n_ok:])
         if not direct:
             self.host.to_device(slots[:n_ok], self.pool.data, pages[:n_ok])
-        now = time.time()
-        self.disk.stamp(run[:n_ok], [now - (len(got.pages) + i) * 1e-6 for i in range(n_ok)])
+        if n_ok:  # the restored chain is the newest, its head newest of all
+            now = time.time()
+            self.disk.stamp(run[:n_ok], [now - (len(got.pages) + i) * 1e-6 for i in range(n_ok)])
         for i, h in enumerate(run[:n_ok]):
             e = self.index.get(h) or self.index.add(h)
             self.index.set_disk(e, True)

@@ -188,7 +188,7 @@ def test_unwritable_disk_warns_once_and_work_goes_on(tmp_path: Path, caplog):
 def test_pages_refused_by_a_full_queue_are_written_at_flush(tmp_path: Path):
     with make(tmp_path, device_pages=24, host_pages=24, write_queue=1) as cache:
         real = cache.disk.write_many
-        cache.disk.write_many = lambda items, stamps=None: (time.sleep(0.02), real(items, stamps))[1]
+        cache.disk.write_many = lambda items, st=None: (time.sleep(0.02), real(items, st))[1]
         prefill(cache, TOKENS)
         prefill(cache, [5] * 40)
         assert cache.stats()["unwritten"] > 0
@@ -201,7 +201,7 @@ def test_host_slots_busy_with_writes_are_waited_for_not_dropped(tmp_path: Path):
     with make(tmp_path, host_pages=4) as cache:
         cache._read_direct = False  # the CUDA path: disk -> host -> device
         real = cache.disk.write_many
-        cache.disk.write_many = lambda items, stamps=None: (time.sleep(0.01), real(items, stamps))[1]
+        cache.disk.write_many = lambda items, st=None: (time.sleep(0.01), real(items, st))[1]
         pages, _ = prefill(cache, TOKENS)
         cache.release(pages)
         cache.evict_all_to_host()  # the host is full of pages still being written

@@ -12,7 +12,7 @@ Files:
   shell_output.
 - processes.py: how commands start and end: environment allowlist, rlimits, the watchdog.
 - reaper.py: process trees (group, descendants, tag) and the watchdog script.
-- git.py: status, diff, log, show, commit through GitPython.
+- git.py: status, diff, log, show, commit, with the commands' environment and lifetime rules.
 - git_args.py: git arguments checked by what git makes of them; read-deny excludes.
 
 The sandbox (agent/workspace.py), permissions (agent/permissions.py) and checkpoints
@@ -48,5 +48,5 @@ def default_tools(*, kill_grace_s: float = 2.0, limits: ProcessLimits | None = N
         GlobTool(),
         ShellTool(jobs),
         ShellOutputTool(jobs),
-        GitTool(),
+        GitTool(pass_env),
     ]

@@ -1,8 +1,10 @@
-"""git: status, diff, log, show and commit through GitPython; never push, never amend.
+"""git: status, diff, log, show and commit; never push, never amend.
 
 Arguments are checked by what git would make of them (agent/tools/git_args.py): abbreviated
 options, files outside the workspace and read-denied paths are refused. git runs at the
-workspace root, so pathspecs are relative to it.
+workspace root (pathspecs are relative to it) in its own session, with the commands'
+environment allowlist: a repository's hooks see no tokens, and what they leave running or do
+past the timeout is killed with git.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ from agent.tools.base import (
     save_output,
 )
 from agent.tools.git_args import check_args
+from agent.tools.processes import child_env, run_captured
 from agent.tools.shell import NONINTERACTIVE_ENV
 
 READ_SUBCOMMANDS = ("status", "diff", "log", "show")
 ALLOWED = (*READ_SUBCOMMANDS, "commit")
 GIT_TIMEOUT_S = 120
+# who commits, when the user sets it in the environment rather than in git config
+_GIT_IDENTITY_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                     "GIT_COMMITTER_EMAIL")
 # -m, -F, -C alone or in a cluster (-am), or their long forms
 _MESSAGE_ARG = re.compile(r"-[a-zA-Z]*[mFC]|--(message|file|reuse-message)(=|$)")
 
@@ -60,6 +66,10 @@ class GitTool(Tool):
     kind = "exec"
     main_arg = "subcommand"
 
+    def __init__(self, pass_env: tuple[str, ...] = (), timeout_s: float = GIT_TIMEOUT_S) -> None:
+        self.pass_env = (*_GIT_IDENTITY_ENV, *pass_env)
+        self.timeout_s = timeout_s
+
     def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
         """Reading subcommands are reads; commit changes the repository."""
         return "read" if self.rule_subject(args) in READ_SUBCOMMANDS else "exec"
@@ -72,15 +82,16 @@ class GitTool(Tool):
     def run(self, args: GitArgs, ctx: ToolContext) -> ToolResult:
         sub = args.subcommand.strip()
         argv = [sub, *_checked_args(sub, args, ctx)]
-        repo = _open_repo(ctx)
-        code, out, err = repo.git.execute(
-            ["git", "-C", str(ctx.workspace.root), "-c", "color.ui=never", *argv],
-            with_extended_output=True,
-            with_exceptions=False,
-            env=NONINTERACTIVE_ENV,
-            kill_after_timeout=GIT_TIMEOUT_S,
-        )
-        text = _printable("\n".join(part for part in (out, err) if part)) or "(no output)"
+        _open_repo(ctx)
+        # hooks (a repository's pre-commit) run with the commands' environment allowlist too
+        done = run_captured(["git", "-c", "color.ui=never", *argv], ctx.workspace.root,
+                            child_env(NONINTERACTIVE_ENV, self.pass_env), self.timeout_s)
+        code = done.exit_code
+        parts = [_printable(b) for b in (done.stdout, done.stderr) if b.strip()]
+        if code is None:
+            parts.append(f"[git {sub} timed out after {self.timeout_s:g} s; it and its hooks "
+                         "were killed]")
+        text = "\n".join(parts) or "(no output)"
         content, stored, meta = text, text, {"exit_code": code, "subcommand": sub}
         if len(text) > MAX_TOOL_OUTPUT_CHARS:
             saved = save_output(ctx, f"git-{sub}", text)
@@ -107,9 +118,9 @@ def _checked_args(sub: str, args: GitArgs, ctx: ToolContext) -> list[str]:
     return checked
 
 
-def _printable(text: str) -> str:
-    # GitPython keeps undecodable bytes as surrogates, which cannot be encoded for the model
-    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+def _printable(data: bytes) -> str:
+    # undecodable bytes become U+FFFD: the model's text must be valid Unicode
+    return data.decode("utf-8", errors="replace").removesuffix("\n")
 
 
 def _gives_message(arg: str) -> bool:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.tools import reaper
 
@@ -158,6 +159,34 @@ def wait_or_stop(proc: subprocess.Popen[bytes], timeout_s: float, cancel: thread
         if reason:
             return reason
     return None
+
+
+class Captured(NamedTuple):
+    """How a `run_captured` command ended."""
+
+    exit_code: int | None  # None: killed at the timeout
+    stdout: bytes
+    stderr: bytes
+
+
+def run_captured(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+                 grace_s: float = 1.0) -> Captured:
+    """Run `argv` in its own session with the environment `env` (tagged), capturing its output;
+    at the timeout it and everything it started (hooks, helpers) are killed."""
+    tag = new_tag()
+    proc = subprocess.Popen(argv, cwd=cwd, env={**env, reaper.TAG_VAR: tag},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        reaper.kill_job(proc.pid, tag, grace_s, leader=proc.pid)
+        out, err = proc.communicate()
+        code = None
+    if reaper.job_pids(proc.pid, tag):  # a hook left something running
+        reaper.kill_job(proc.pid, tag, grace_s)
+    return Captured(code, out, err)
 
 
 def new_tag() -> str:

@@ -166,3 +166,28 @@ def test_the_limit_and_environment_flags_reach_the_session_options():
     for bad in (["--pass-env", "A=B"], ["--max-procs", "0"], ["--max-memory", "lots"]):
         with pytest.raises(UsageError):
             sandbox_options(parse(["tui", *bad]))
+
+
+def test_git_hooks_get_the_allowlisted_environment_and_are_killed_with_git(tmp_path: Path,
+                                                                           monkeypatch):
+    from agent.tools.git import GitTool
+    from tests.security.attack_repo import git
+
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
+    repo, pidfile = make_repo(tmp_path), tmp_path / "pid"
+    hook = repo / ".git/hooks/pre-commit"
+    hook.write_text("#!/bin/sh\nenv > env.txt\n"
+                    f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 &\n"
+                    "sleep 300\n")
+    hook.chmod(0o755)
+    (repo / "README.md").write_text("changed\n")
+    ctx = context(repo)
+    start = time.monotonic()
+    result = run_tool(GitTool(timeout_s=2), {"subcommand": "commit", "args": ["-a"],
+                                             "message": "m"}, ctx)
+    assert not result.ok and "timed out" in result.content
+    assert time.monotonic() - start < 10
+    assert wait_dead(read_pid(pidfile), 5)
+    seen = (repo / "env.txt").read_text()
+    assert "ghp_secret" not in seen and "PATH=" in seen
+    assert git(repo, "log", "--format=%s") == "initial\n"

@@ -8,8 +8,8 @@ main argument: the command for shell, the path (relative to the root, symlinks f
 tools, the subcommand for git. Deny rules win over allow rules and over every mode.
 
 Rules for `read` hold for every tool that shows file contents (read, grep, the paths git
-show/diff/log name, literal path arguments of shell commands) and for the repository snapshot
-(`may_read`); rules for `edit` hold for write too.
+show/diff/log name, path arguments of shell commands, globs expanded) and for the repository
+snapshot (`may_read`); rules for `edit` hold for write too.
 
 Shell commands are parsed with a bash grammar (agent/shell_analysis.py). A deny rule matches the
 whole command or any command it may run: each part of a chain, pipeline, `{ }` or subshell, each
@@ -26,9 +26,11 @@ against mistakes, not a sandbox.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,8 @@ _RUNS_ANYTHING = {
     "stdbuf", "strace", "flock", "su", "ssh", "find", "busybox", "source", ".",
 }
 _GIT_READERS = ("show", "diff", "log")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_MAX_GLOB_MATCHES = 1000
 
 
 @dataclass(frozen=True)
@@ -243,11 +247,24 @@ class Permissions:
                     ) -> list[str]:
         """Paths whose contents the call shows besides its main argument."""
         if shell is not None:
-            return [w for c in shell.commands for w in c[1:] if _looks_like_path(w)]
+            words = [w for c in shell.commands for w in c[1:] if _looks_like_path(w)]
+            return [p for w in words for p in self._expanded(w)]
         if tool.name == "git" and tool.rule_subject(args) in _GIT_READERS:
             raw = args.get("args")
             return git_paths(raw) if isinstance(raw, list) else []
         return []
+
+    def _expanded(self, word: str) -> list[str]:
+        """`word`, and the files it names as a glob (`cat .e*`), as bash would expand it."""
+        if self._root is None or not _GLOB_CHARS.search(word):
+            return [word]
+        hidden = {"include_hidden": True} if sys.version_info >= (3, 11) else {}
+        try:
+            matches = glob.glob(os.path.expanduser(word), root_dir=self._root, recursive=True,
+                                **hidden)
+        except (OSError, ValueError, re.error):
+            return [word]
+        return [word, *matches[:_MAX_GLOB_MATCHES]]
 
     def _allowed_by_rules(self, tool: Tool, args: Mapping[str, Any], shell: Analysis | None
                           ) -> bool:

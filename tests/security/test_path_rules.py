@@ -28,11 +28,13 @@ def test_grep_skips_denied_files(tmp_path: Path):
 
 
 def test_read_rules_cover_shell_arguments_and_edit_rules_cover_write(tmp_path: Path):
-    perms = Permissions("auto", deny=["read(*.env)", "edit(vendor/**)"], root=tmp_path)
+    repo = make_repo(tmp_path, FILES)
+    perms = Permissions("auto", deny=["read(*.env)", "edit(vendor/**)"], root=repo)
     for command in ("cat .env", "head -n1 config/prod.env", "bash -c 'cat .env'",
-                    "cp ./.env /tmp/x"):
+                    "cp ./.env /tmp/x", "cat .e*", "cat config/*", "tail **/*.env"):
         assert perms.check("shell", {"command": command}).action == "deny", command
     assert perms.check("shell", {"command": "cat app.py"}).action == "allow"
+    assert perms.check("shell", {"command": "cat *.py"}).action == "allow"
     assert perms.check("write", {"path": "vendor/lib.py", "content": ""}).action == "deny"
     assert perms.check("edit", {"path": "vendor/lib.py", "old_string": "a",
                                 "new_string": "b"}).action == "deny"

@@ -5,7 +5,8 @@ that carries its tag in the environment (`AGENT_JOB=<tag>`): `setsid` or a doubl
 the group, but not the environment. `kill_job` signals all three.
 
 Run as a script (standard library only), this module is the watchdog one agent process keeps
-beside it: it reads `add <tag> <pgid>` / `del <tag>` lines on stdin and, when stdin closes (the
+beside it: it reads `add <tag> <pgid>` / `del <tag>` lines on stdin (pgid 0: not started yet,
+known by its tag only) and, when stdin closes (the
 agent exited, was killed, or crashed), kills every job still registered. A SIGTERM'd agent
 therefore leaves no command running.
 """
@@ -25,7 +26,7 @@ def job_pids(pgid: int, tag: str, leader: int | None = None) -> set[int]:
     """Live (non-zombie) processes of a job: its group, its leader's descendants, its tag."""
     procs = _processes()
     found = {pid for pid, (ppid, group, state) in procs.items()
-             if group == pgid and state not in (b"Z", b"X")}
+             if pgid > 0 and group == pgid and state not in (b"Z", b"X")}
     if leader is not None:
         found |= _descendants(procs, leader)
     found |= _tagged(procs, tag)
@@ -51,7 +52,8 @@ def kill_job(pgid: int, tag: str, grace_s: float, leader: int | None = None) -> 
 
 def _signal_all(pgid: int, pids: set[int], sig: int) -> None:
     try:
-        os.killpg(pgid, sig)
+        if pgid > 0:  # 0 would be our own group
+            os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
     for pid in pids:

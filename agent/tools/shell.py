@@ -115,6 +115,7 @@ class JobTable:
         """Start `command` (see `spawn`), limited, tagged and registered with the watchdog."""
         tag = new_tag()
         env = child_env({**NONINTERACTIVE_ENV, reaper.TAG_VAR: tag}, self.pass_env)
+        self._watchdog.register(tag, 0)  # before it runs: we may die the moment it starts
         proc = spawn(limited_argv(command, self.limits), cwd, out_path, env)
         with self._lock:
             self._tags[proc.pid] = tag

@@ -104,7 +104,8 @@ def test_killing_the_agent_kills_its_foreground_command(tmp_path: Path, sig: int
         escaped, foreground = read_pid(pidfile, 30), read_pid(Path(f"{pidfile}.fg"), 30)
         agent.send_signal(sig)
         agent.wait(10)
-        assert wait_dead(foreground, 10) and wait_dead(escaped, 10)
+        assert wait_dead(foreground, 30), "the foreground command outlived the agent"
+        assert wait_dead(escaped, 30), "its setsid child outlived the agent"
     finally:
         agent.kill()
 

@@ -95,18 +95,22 @@ def _continue(env, repo: str, sid: str, context: int, prompt: str) -> dict:
 
 def _interrupted_run(env, repo: str, signals: list[int], after_deltas: int = 5):
     """Start a long answer, send `signals` after some text; (rc, seconds to the turn's end and
-    to the exit after the first signal, stream lines)."""
+    to the exit after the first signal, stream lines). The seconds are less one token's time
+    beyond the first (a forward pass is not cut: the turn stops at the next token), so they
+    stay honest on a loaded machine."""
     proc = subprocess.Popen([AGENT, "run", "--repo", repo, "--output-format", "stream-json",
                              "--max-tokens", "400", "--tool-choice", "none",
                              "Explain calc.py in great detail."],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, deltas = [], 0
+    lines, deltas, at = [], 0, []
     for raw in proc.stdout:
         lines.append(json.loads(raw))
-        deltas += lines[-1]["type"] == "message_delta"
+        if lines[-1]["type"] == "message_delta":
+            deltas, at = deltas + 1, [*at, time.monotonic()]
         if deltas == after_deltas:
             break
-    sent = time.monotonic()
+    step = max((b - a for a, b in zip(at, at[1:], strict=False)), default=0.0)
+    sent = time.monotonic() - max(step - 0.1, 0.0)
     for sig in signals:
         proc.send_signal(sig)
     turn_end = None

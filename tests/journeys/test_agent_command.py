@@ -110,7 +110,7 @@ def _interrupted_run(env, repo: str, signals: list[int], after_deltas: int = 5):
         if deltas == after_deltas:
             break
     step = max((b - a for a, b in zip(at, at[1:], strict=False)), default=0.0)
-    sent = time.monotonic() - max(step - 0.1, 0.0)
+    sent = time.monotonic() + max(step - 0.1, 0.0)  # one token in flight is not counted
     for sig in signals:
         proc.send_signal(sig)
     turn_end = None

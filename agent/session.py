@@ -138,11 +138,11 @@ class AgentSession(QueuedHandle):
         super().submit(op)
 
     def stop(self) -> None:
-        """Interrupt the running turn and start no other: queued input is dropped and the
-        session closes, keeping what the turn had (Ctrl-C or SIGTERM in `agent run`)."""
+        """Interrupt the running turn and start no other: queued input is dropped, the turn
+        keeps what it had, and the session closes at the Shutdown queued (Ctrl-C or SIGTERM in
+        `agent run`). Takes no queue lock, so a signal handler may call it."""
         self._stopping = True
         self.ctx.cancel.set()
-        super().submit(Shutdown())
 
     def _emit(self, event: Event) -> None:
         if self.session_id and isinstance(event, RECORDED):

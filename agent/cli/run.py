@@ -148,13 +148,15 @@ class Interrupts:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame) -> None:
+        # os.write, not sys.stderr: the main thread may be inside a write of its own.
         self.count += 1
         if self.count > 1:
-            err("quit")
+            os.write(2, b"quit\n")
             os._exit(EXIT_INTERRUPTED)  # asked twice: no waiting for anything
         self.session.stop()
-        err(f"\n{signal.Signals(signum).name.lower()}: stopping the turn; the session keeps "
-            "what it has (Ctrl-C again to quit at once)")
+        name = signal.Signals(signum).name.lower()
+        os.write(2, f"\n{name}: stopping the turn; the session keeps what it has (Ctrl-C "
+                    "again to quit at once)\n".encode())
 
 
 def _consume(session, fmt: str) -> str:

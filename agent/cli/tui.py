@@ -85,6 +85,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.run()
     finally:
-        session.wait_closed(10)
+        _close(getattr(app, "handle", None) or session)
         backend.close()
     return EXIT_OK
+
+
+def _close(handle) -> None:
+    """The session in view when the app left (it may have switched): stopped and closed before
+    the model goes away, so no turn is still running on it."""
+    from agent.events import Interrupt, Shutdown
+
+    if not handle.closed:
+        handle.submit(Interrupt())
+        handle.submit(Shutdown())
+    if hasattr(handle, "wait_closed"):
+        handle.wait_closed(10)

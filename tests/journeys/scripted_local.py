@@ -1,8 +1,8 @@
 """The local runtime with scripted replies: real prompts, tokens, engine and KV tiers, but each
 reply's text comes from a script instead of sampling (so sessions follow exact sequences).
 
-A reply is fed through the engine token by token as decoding would, so its KV is what a real
-reply leaves behind, and `cancel` stops it between tokens. A step is the reply text, or a
+A reply's tokens go through the engine as decoding would leave them in the KV (a `SLOW` one token
+by token, so that `cancel` stops it between tokens). A step is the reply text, or a
 function of the messages so far returning it; `SLOW` before a text makes it take a while.
 """
 
@@ -69,16 +69,19 @@ class ScriptedConversation(LocalConversation):
         text = text.removeprefix(SLOW)
         tok, engine = self.model.tokenizer, self.model.engine
         ids, finish, start = [], "stop", time.perf_counter()
-        for token in tok.encode(text):
+        if not slow:  # all at once: the same KV as one token at a time, in one forward
+            ids = [*tok.encode(text), self.backend.end_id]
+            engine.extend(self.seq, ids)
+            yield text
+        for token in tok.encode(text) if slow else ():
             if cancel.is_set():
                 finish = "interrupted"
                 break
             engine.extend(self.seq, [token])
             ids.append(token)
             yield tok.decode([token])
-            if slow:
-                time.sleep(0.05)
-        if finish == "stop":
+            time.sleep(0.05)
+        if slow and finish == "stop":
             engine.extend(self.seq, [self.backend.end_id])
             ids.append(self.backend.end_id)
         self._finish(ids, finish, time.perf_counter() - start)

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     resume = resolve_resume(store, args, repo)
     backend = open_backend(args.model, **model_options(args), progress=sys.stderr.isatty())
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
-                             deny=args.deny, title=task[:80],
+                             deny=args.deny, title=task[:80], task=task,
                              loop=LoopConfig(max_steps=args.max_turns,
                                              gen=GenParams(max_tokens=args.max_tokens),
                                              tool_choice=args.tool_choice),

@@ -52,6 +52,17 @@ def is_plain_name(path: str) -> bool:
                and not 0xDC80 <= ord(c) <= 0xDCFF for c in path)
 
 
+def looks_like_path(path: str) -> bool:
+    """A name a new file could be given: it has an extension or a folder part (`./Makefile`).
+
+    A bare word (`write`, `wrote`, `result`) is what a small model writes when it mistakes a
+    tool's name or its own words for a path."""
+    name = path.strip()
+    if not name or name != path or name in (".", "..") or not is_plain_name(name):
+        return False
+    return "/" in name or "." in name.lstrip(".")[:-1] or name.startswith(".")
+
+
 def _escape_char(c: str) -> str:
     code = ord(c)
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape

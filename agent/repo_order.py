@@ -170,3 +170,26 @@ def _defining(root: Path, paths: set[str], names: list[str]) -> set[str]:
                  "-e", rf"^{escaped}\s*="]
     out = _git(root, *args, "--untracked")
     return {os.fsdecode(p) for p in (out or b"").split(b"\0") if p} & paths
+
+
+_BLOCK_START = r"^(\s*)(?:async\s+)?(?:def|class|function|fn|func|struct|interface|type)\s+{}\b"
+
+
+def definition_span(lines: list[str], names: list[str]) -> tuple[int, int]:
+    """Lines [start, end) of the first definition of one of `names` (its indented block)."""
+    for name in names:
+        pattern = re.compile(_BLOCK_START.format(re.escape(name)))
+        for i, line in enumerate(lines):
+            m = pattern.match(line)
+            if m:
+                return i, _block_end(lines, i, len(m.group(1)))
+    return 0, len(lines)
+
+
+def _block_end(lines: list[str], start: int, indent: int) -> int:
+    for j in range(start + 1, len(lines)):
+        stripped = lines[j].strip()
+        if stripped and len(lines[j]) - len(lines[j].lstrip()) <= indent and \
+                not stripped.startswith((")", "]", "}")):
+            return j
+    return len(lines)

@@ -10,7 +10,6 @@ out counts against the same budget and is summarised by folder when long.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from agent.events import SnapshotTaken
 from agent.repo_files import MAX_FILE_BYTES, FileEntry, classify, list_files, read_inside
 from agent.repo_listing import listing
-from agent.repo_order import README, TASK, Ranked, identifiers, rank
+from agent.repo_order import README, TASK, Ranked, definition_span, identifiers, rank
 
 __all__ = ["MAX_FILE_BYTES", "FileEntry", "Snapshot", "take_snapshot"]
 
@@ -147,7 +146,7 @@ class _Builder:
             return None
         lines = body.splitlines()
         names = identifiers(self.task) if r.priority == TASK else []
-        start, end = _definition_span(lines, names) if names else (0, len(lines))
+        start, end = definition_span(lines, names) if names else (0, len(lines))
         end = min(end, start + 200)
         while end > start:
             shown = f"{start + 1}-{end}"
@@ -185,26 +184,3 @@ def render_file(shown: str, body: str, lines: str = "") -> str:
         body += "\n"
     span = f' lines="{lines}"' if lines else ""
     return f'<file path="{shown}"{span}>\n{body}</file>\n'
-
-
-_BLOCK_START = r"^(\s*)(?:async\s+)?(?:def|class|function|fn|func|struct|interface|type)\s+{}\b"
-
-
-def _definition_span(lines: list[str], names: list[str]) -> tuple[int, int]:
-    """Lines [start, end) of the first definition of one of `names` (its indented block)."""
-    for name in names:
-        pattern = re.compile(_BLOCK_START.format(re.escape(name)))
-        for i, line in enumerate(lines):
-            m = pattern.match(line)
-            if m:
-                return i, _block_end(lines, i, len(m.group(1)))
-    return 0, len(lines)
-
-
-def _block_end(lines: list[str], start: int, indent: int) -> int:
-    for j in range(start + 1, len(lines)):
-        stripped = lines[j].strip()
-        if stripped and len(lines[j]) - len(lines[j].lstrip()) <= indent and \
-                not stripped.startswith((")", "]", "}")):
-            return j
-    return len(lines)

@@ -44,9 +44,11 @@ def register(sub) -> None:
                    help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
     p.add_argument("--deny", action="append", default=[], metavar="RULE",
                    help="deny rule, e.g. 'shell(rm *)' (repeatable)")
-    p.add_argument("--tool-choice", choices=["auto", "required", "first", "none"], default=None,
+    p.add_argument("--tool-choice", choices=["auto", "required", "first", "chain", "none"],
+                   default=None,
                    help="auto: the model decides; first: its first reply each turn calls a tool "
-                   "and the next answers (the default for models whose template has no tools)")
+                   "and the next answers; chain: explore, then edit for tasks that ask for a "
+                   "change, then answer (the default for models whose template has no tools)")
     add_sandbox_flags(p)
     p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
     p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")

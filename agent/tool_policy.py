@@ -45,8 +45,10 @@ _EDIT_WORDS = {
     "delete", "add", "implement", "refactor", "repair", "patch", "rewrite", "set", "make",
 }
 _QUESTION_WORDS = {"what", "why", "how", "where", "which", "who", "when", "explain", "describe",
-                   "tell", "show", "list", "does", "do", "is", "are", "can", "could", "summarize"}
+                   "tell", "show", "list", "does", "is", "are", "summarize"}
 _WORDS = re.compile(r"[a-z]+")
+_CODE_ONLY = re.compile(r"\"[^\"]*\"|'[^']*'|#.*$")  # strings and comments
+_POLITE = {"please", "can", "could", "would", "you", "kindly", "now", "just", "go", "and"}
 _STOP = {"the", "this", "that", "with", "from", "into", "file", "code", "function", "wrong",
          "please", "should", "there", "which", "where", "what", "bug"} | _EDIT_WORDS
 _PATH_LIKE = "^[^\\s\"<>|*?]*[./][^\\s\"<>|*?]*$"  # an extension or a folder: not `write`
@@ -61,13 +63,15 @@ class Choice:
 
 
 def wants_edit(task: str) -> bool:
-    """True when the prompt asks for a change rather than an answer."""
-    words = _WORDS.findall(task.lower())
+    """True when the prompt asks for a change rather than an answer: it leads with a change
+    ("fix ...", "please rename ...", "can you add ..."), or names one and asks nothing."""
+    words = [w for w in _WORDS.findall(task.lower()) if w not in _POLITE]
     if not words:
         return False
-    if words[0] in _QUESTION_WORDS and task.rstrip().endswith("?"):
-        return False
-    return bool(_EDIT_WORDS & set(words))
+    if words[0] in _EDIT_WORDS:
+        return True
+    asks = "?" in task or bool(_QUESTION_WORDS & set(words))
+    return not asks and bool(_EDIT_WORDS & set(words))
 
 
 @dataclass
@@ -252,7 +256,8 @@ class ToolPolicy:
         spans = [definition_span(lines, [name]) for name in t.suspects]
         inside = [line for a, b in spans if b - a < len(lines) for line in lines[a:b]]
         candidates = inside or lines
-        worded = [line for line in candidates if t.words & set(_WORDS.findall(line.lower()))]
+        worded = [line for line in candidates
+                  if t.words & set(_WORDS.findall(_CODE_ONLY.sub(" ", line).lower()))]
         return worded or candidates
 
     def _repo_files(self) -> list[str]:

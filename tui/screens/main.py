@@ -291,6 +291,10 @@ class MainScreen(Screen[None]):
 
     # ---- state and notices ------------------------------------------------------------
 
+    def refresh_state(self) -> None:
+        """Show the state again (after work the app did outside a turn, e.g. a rewind)."""
+        self._show_state()
+
     def _show_state(self) -> None:
         if self.closed:
             state = "stopped"
@@ -354,5 +358,5 @@ class MainScreen(Screen[None]):
         self._progress.clear()
         self._assistant = None
         self.closed = False
-        self.status.set_info(info)
+        self.status.reset(info)
         self._show_state()

@@ -37,6 +37,7 @@ MAX_EDIT_FILES = 3  # files an edit may target: the last ones read this turn
 MAX_EDIT_LINES = 400  # lines offered as old_string per file
 READ_LINES = 200  # a long file is read this many lines at a time (from a named definition)
 BIG_FILE_BYTES = 16 * 1024  # past this a read shows READ_LINES, not the whole file
+MAX_ARG_CHARS = 80  # a search pattern or a path, not a reply that runs to the token limit
 RETRIES = 1  # a failed call is tried again this many times with the same tools
 MAX_EDITS = 3  # edits per turn while the tests keep failing
 
@@ -184,7 +185,7 @@ class ToolPolicy:
         return _with_params(self.schemas["shell"], {"command": command}, ["command"])
 
     def _explore(self) -> Choice:
-        schemas = [self._read() if name == "read" else _required_only(self.schemas[name])
+        schemas = [self._read() if name == "read" else _required_only(self.schemas[name], True)
                    for name in EXPLORE if name in self.schemas]
         return Choice("required", schemas) if schemas else Choice("none")
 
@@ -296,10 +297,13 @@ def _object(props: dict[str, Any], required: list[str] | None = None) -> dict[st
             "additionalProperties": False}
 
 
-def _required_only(schema: dict[str, Any]) -> dict[str, Any]:
-    """A function schema narrowed to its required parameters (write's path held to a path)."""
+def _required_only(schema: dict[str, Any], bounded: bool = False) -> dict[str, Any]:
+    """A function schema narrowed to its required parameters (write's path held to a path);
+    `bounded`: its strings are short (search patterns, not prose)."""
     params = schema["function"].get("parameters", {})
     keep = params.get("required", [])
-    props = {k: v for k, v in params.get("properties", {}).items() if k in keep}
+    props = {k: ({**v, "maxLength": MAX_ARG_CHARS} if bounded and v.get("type") == "string"
+                 else v)
+             for k, v in params.get("properties", {}).items() if k in keep}
     narrowed = _with_params(schema, props, keep)
     return path_like_schema(narrowed) if schema["function"]["name"] == "write" else narrowed

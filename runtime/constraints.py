@@ -265,7 +265,8 @@ def _line_edit_rules(name: str, spec: dict[str, Any]) -> list[str]:
             fixed += json.dumps(edit["keep"])[1:-1]
             options.append(f'{json.dumps(fixed)} {lexeme} "\\""')
             avoid = "|".join(_regex_literal(json.dumps(a)[1:-1]) for a in edit["avoid"])
-            rules.append(f"{lexeme}: /({_JSON_CHAR}){{0,{_MAX_LINE}}}/ & ~/({avoid})/")
+            most = min(_MAX_LINE, 2 * len(edit["old"]) + 40)  # a fix, not a new program
+            rules.append(f"{lexeme}: /({_JSON_CHAR}){{0,{most}}}/ & ~/({avoid})/")
         rules.append(f"{name}_{f}: {json.dumps(head)} ({' | '.join(options)}) " + '"}"')
     rules.insert(0, f"{name}: {' | '.join(files)}")
     return rules

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from agent.events import event_to_json
-from agent.repo_snapshot import MAX_FILE_BYTES, snapshot_budget, take_snapshot
+from agent.repo_snapshot import MAX_FILE_BYTES, take_snapshot
 
 
 def count(text: str) -> int:
@@ -113,13 +113,6 @@ def test_snapshot_event_in_stream_json(tmp_path):
     assert event["inlined"] == [e.path for e in snap.included]
     assert event["left_out_count"] == len(snap.left_out) and event["tokens"] == snap.tokens
     assert event["summary"] == snap.report()
-
-
-def test_budget_share_of_the_window():
-    assert snapshot_budget(8192) == 4096
-    assert snapshot_budget(8192, reserved=6000) == 2192
-    assert snapshot_budget(1_048_576) == 786_432
-    assert snapshot_budget(100, reserved=500) == 0
 
 
 def test_outside_git_walks_the_tree(tmp_path):

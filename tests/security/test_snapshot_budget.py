@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import time
 
-from agent.repo_snapshot import snapshot_budget, take_snapshot
+from agent.repo_snapshot import take_snapshot
+from agent.session import snapshot_budget
 
 
 def count(text: str) -> int:
@@ -18,7 +19,7 @@ def test_twenty_thousand_files_fit_an_8k_window(tmp_path):
         (tmp_path / f"pkg{d}").mkdir()
     for i in range(20_000):
         (tmp_path / f"pkg{i % 40}" / f"module_number_{i}.py").write_text(f"v = {i}\n")
-    budget = snapshot_budget(8192)
+    budget = snapshot_budget(8192, reply_room=512, fixed=100)  # at most half: 4096
     start = time.perf_counter()
     snap = take_snapshot(tmp_path, count, budget)
     assert time.perf_counter() - start < 30
@@ -33,6 +34,6 @@ def test_twenty_thousand_files_fit_an_8k_window(tmp_path):
 def test_denied_paths_are_neither_read_nor_listed(tmp_path):
     (tmp_path / ".env").write_text("API_KEY=hunter2\n")
     (tmp_path / "app.py").write_text("print(1)\n")
-    snap = take_snapshot(tmp_path, count, 1000, readable=lambda p: not p.endswith(".env"))
+    snap = take_snapshot(tmp_path, count, 1000, may_read=lambda p: not p.endswith(".env"))
     assert "hunter2" not in snap.text and ".env" not in snap.text
     assert [e.path for e in snap.included] == ["app.py"]

@@ -20,13 +20,14 @@ answer; the loop's step limit bounds it all.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.failing_tests import is_test_file, read_run, test_command
-from agent.repo_files import is_plain_name
+from agent.repo_files import is_plain_name, read_inside
 from agent.repo_order import definition_span, identifiers, task_files
 from agent.tool_calls import ToolCall
 
@@ -213,10 +214,10 @@ class ToolPolicy:
     def _span(self, path: str) -> tuple[int, int] | None:
         """(offset, limit) for a read of `path` that should not take it whole, else None."""
         try:
-            big = (self.root / path).stat().st_size > BIG_FILE_BYTES
+            big = os.lstat(self.root / path).st_size > BIG_FILE_BYTES
             if not big and not (self.turn.names and path in self.turn.named):
                 return None
-            lines = (self.root / path).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = self._text(path, errors="replace").splitlines()
         except OSError:
             return None
         start, end = definition_span(lines, self.turn.names) if self.turn.names else (0, 0)
@@ -243,7 +244,7 @@ class ToolPolicy:
         from runtime.constraints import LineEdit
 
         try:
-            text = (self.root / path).read_text(encoding="utf-8")
+            text = self._text(path)
         except (OSError, UnicodeDecodeError):
             return []
         lines = text.splitlines()
@@ -260,6 +261,11 @@ class ToolPolicy:
         worded = [line for line in candidates
                   if t.words & set(_WORDS.findall(_CODE_ONLY.sub(" ", line).lower()))]
         return worded or candidates
+
+    def _text(self, path: str, errors: str = "strict") -> str:
+        """A file's text, read without following links (the grammar must not carry what
+        lies outside the repository); raises OSError or UnicodeDecodeError."""
+        return read_inside(self.root, path, 8 * 1024 * 1024).decode("utf-8", errors)
 
     def _repo_files(self) -> list[str]:
         if self._files is None:

@@ -170,3 +170,16 @@ def test_write_takes_a_path_that_looks_like_one(calc, good):
     ctx = ToolContext(Workspace(calc))
     write = next(t for t in default_tools() if t.name == "write")
     assert run_tool(write, {"path": good, "content": "x\n"}, ctx).ok
+
+
+def test_edit_options_never_come_from_a_file_outside(calc, tmp_path):
+    (tmp_path / "secret.py").write_text("TOKEN = 'hunter2'\n")
+    (calc / "calc.py").unlink()
+    (calc / "calc.py").symlink_to(tmp_path / "secret.py")
+    policy = ToolPolicy("chain", SCHEMAS, calc)
+    policy.start_turn("fix calc.py")
+    policy.observe(call("read", path="calc.py"), True)  # as if the read had gone through
+    command = params(policy.choose(1, False))["properties"]["command"]["const"]
+    policy.observe(call("shell", command=command), False, FAILED)
+    choice = policy.choose(2, False)
+    assert choice.tool_choice == "none" and "hunter2" not in str(choice.schemas)

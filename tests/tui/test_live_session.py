@@ -77,7 +77,8 @@ async def test_title_from_first_prompt_and_rewind_after_a_stopped_turn(repo, tmp
         await pilot.press("enter")  # newest first: turn 2
         await wait_for(pilot, lambda: list(app.main.turn_prompts) == [1], timeout=10)
         assert app.main.prompt.text == "read it twice"
-        assert [e.turn for e in store.events(session.session_id) if e.kind == "usage"] == [1]
+        finished = [e.turn for e in store.events(session.session_id) if e.kind == "turn_finished"]
+        assert finished == [1]
         assert app.main.status.state == ""
 
 
@@ -153,5 +154,15 @@ async def test_context_and_status_follow_the_session_in_view(repo, tmp_path, wai
         card = next(n for n in notices(app) if "system" in n)
         assert "4,321" in card or "4.3K" in card
         assert [m.text for m in app.main.query(UserMessage)] == ["first session"]
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: not app.is_running)
+
+
+async def test_the_snapshot_is_a_line_in_the_transcript(repo, tmp_path, wait_for):
+    app, _, _ = start(repo, SessionStore(tmp_path / "data"), ["Hello."])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: any("Repository snapshot" in n for n in notices(app)))
+        line = next(n for n in notices(app) if "Repository snapshot" in n)
+        assert "1 files inlined" in line and "calc.py" in line
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: not app.is_running)

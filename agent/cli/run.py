@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help="model calls allowed for this task (exit 3 when reached, or when the "
                    "context window is full; 130 when interrupted)")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature)")
     p.add_argument("--permission-mode", choices=MODES, default="accept-edits")
     p.add_argument("--allow", action="append", default=[], metavar="RULE",
                    help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
@@ -98,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
                              deny=args.deny, title=task[:80], task=task,
                              loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens),
+                                             gen=GenParams(max_tokens=args.max_tokens,
+                                                           temperature=args.temperature,
+                                                           seed=args.seed),
                                              tool_choice=args.tool_choice),
                              **sandbox_options(args))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)

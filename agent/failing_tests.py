@@ -26,7 +26,7 @@ def test_command(files: list[str]) -> str | None:
     if not any(_TEST_FILE.search(f) for f in files):
         return None
     runner = "pytest" if shutil.which("pytest") else "python3 -m pytest"
-    return f"{runner} -q -x -p no:cacheprovider"
+    return f"{runner} -q -x --tb=short -p no:cacheprovider"
 
 
 @dataclass

@@ -6,15 +6,16 @@ tools: small models not trained to call tools on their own are walked through a 
 under the constrained grammar, one reply per step, up to the loop's step limit:
 
     explore (read, grep, glob) -> answer
-    explore -> [run the tests] -> edit -> [run the tests -> edit again while they fail] -> answer
+    explore -> [run the tests] -> edit -> [run the tests; while they fail: undo, edit] -> answer
 
 An edit task is one whose prompt asks for a change ("fix", "rename", ...). Its edit is held to
 what can succeed: the path is a file the turn has read, `old_string` one of that file's lines
 (unique in it, indentation left out so the edit keeps it), `new_string` one new line. When
 the repository has pytest tests they run before and after each edit (a shell call, asked for
 or refused like any other); the functions a failure points at, and the prompt's words, narrow
-the lines offered. A failed call is retried once; the same calls twice in a row end in an
-answer; the loop's step limit bounds it all.
+the lines offered; an edit that leaves them failing is undone (a call the grammar spells out)
+and another line tried, never one tried before. A failed call is retried once; the same calls
+twice in a row end in an answer; the loop's step limit bounds it all.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class _Turn:
     dirty: bool = True  # changed (or never tested) since the last test run
     passing: bool = False  # the last test run passed
     suspects: list[str] = field(default_factory=list)  # functions the failures point at
+    applied: tuple[str, str, str] | None = None  # (path, old, new) of the edit under test
+    undo: tuple[str, str, str] | None = None  # an edit the tests failed: to be undone
+    tried: set[str] = field(default_factory=set)  # replacement lines that failed
 
 
 class ToolPolicy:
@@ -140,10 +144,20 @@ class ToolPolicy:
         if ok and call.name == "read" and isinstance(path, str) and self._is_file(path):
             t.reads = [p for p in t.reads if p != path][-(MAX_EDIT_FILES - 1):] + [path]
         if ok and call.name in ("edit", "write"):
-            t.edits += 1
-            t.dirty = True
+            self._edited(path, args.get("old_string"), args.get("new_string"))
         if call.name == "shell" and t.tests and args.get("command") == t.tests:
             self._tested(ok, content)
+
+    def _edited(self, path: Any, old: Any, new: Any) -> None:
+        t = self.turn
+        edit = (path, old, new) if all(isinstance(x, str) for x in (path, old, new)) else None
+        if edit is not None and t.undo is not None and edit == (t.undo[0], t.undo[2], t.undo[1]):
+            t.tried.add(t.undo[2])  # undone: the tree is as the last test run saw it
+            t.undo = None
+            return
+        t.edits += 1
+        t.dirty = True
+        t.applied, t.undo = edit, None
 
     def _tested(self, ok: bool, content: str) -> None:
         t = self.turn
@@ -153,6 +167,8 @@ class ToolPolicy:
             return
         t.dirty, t.passing = False, verdict.passed
         t.suspects = verdict.suspects or t.suspects
+        t.undo = None if verdict.passed else t.applied
+        t.applied = None
 
     # ---- the chain ----------------------------------------------------------------------
 
@@ -173,7 +189,15 @@ class ToolPolicy:
             return Choice("required", [self._run_tests()])
         if t.edits and (t.passing or not t.tests or t.edits >= MAX_EDITS):
             return Choice("none")
+        if t.undo is not None and "edit" in self.schemas:
+            return Choice("required", [self._undo(*t.undo)])
         return self._edit()
+
+    def _undo(self, path: str, old: str, new: str) -> dict[str, Any]:
+        """The edit that puts back what a failed one replaced, spelled out whole."""
+        return _with_params(self.schemas["edit"], {
+            "path": {"const": path}, "old_string": {"const": new}, "new_string": {"const": old}},
+            ["path", "old_string", "new_string"])
 
     def _find(self) -> Choice:
         """Nothing read yet: read a file to change, or create one."""
@@ -248,7 +272,8 @@ class ToolPolicy:
         except (OSError, UnicodeDecodeError):
             return []
         lines = text.splitlines()
-        avoid = tuple(dict.fromkeys(c for line in lines if (c := line.strip())))
+        avoid = tuple(dict.fromkeys([*(c for line in lines if (c := line.strip())),
+                                     *sorted(self.turn.tried)]))
         offered = [c for c in dict.fromkeys(line.strip() for line in self._focus(lines))
                    if len(c) >= 3 and text.count(c) == 1]
         return [LineEdit(core, "", avoid) for core in offered][:MAX_EDIT_LINES]

@@ -183,3 +183,22 @@ def test_edit_options_never_come_from_a_file_outside(calc, tmp_path):
     policy.observe(call("shell", command=command), False, FAILED)
     choice = policy.choose(2, False)
     assert choice.tool_choice == "none" and "hunter2" not in str(choice.schemas)
+
+
+def test_an_edit_the_tests_fail_is_undone_and_never_tried_again(calc):
+    policy = ToolPolicy("chain", SCHEMAS, calc)
+    policy.start_turn("fix the wrong return value in calc.py")
+    policy.observe(call("read", path="calc.py"), True)
+    command = params(policy.choose(1, False))["properties"]["command"]["const"]
+    assert "--tb=short" in command
+    policy.observe(call("shell", command=command), False, FAILED)
+    old, bad = "return sum(values) / (len(values) - 1)", "return 0"
+    policy.observe(call("edit", path="calc.py", old_string=old, new_string=bad), True)
+    policy.observe(call("shell", command=command), False, FAILED)
+    undo = policy.choose(4, False)
+    assert names(undo) == ["edit"] and params(undo)["properties"] == {
+        "path": {"const": "calc.py"}, "old_string": {"const": bad}, "new_string": {"const": old}}
+    policy.observe(call("edit", path="calc.py", old_string=bad, new_string=old), True)
+    again = policy.choose(5, False)  # no test run: the tree is as the last run saw it
+    offered = params(again)[LINE_EDITS]["files"]["calc.py"]
+    assert [e["old"] for e in offered] == [old] and bad in offered[0]["avoid"]

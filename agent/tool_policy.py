@@ -112,9 +112,11 @@ class ToolPolicy:
         self.turn = _Turn()
 
     def start_turn(self, task: str) -> None:
+        """A new user message: forget the last turn (and the file list: files come and go)."""
         if self.mode != "chain":
             self.turn = _Turn()
             return
+        self._files = None
         files = self._repo_files()
         named = sorted(task_files(self.root, files, task)) if task else []
         edit = wants_edit(task)

@@ -101,14 +101,13 @@ class _Turn:
 class ToolPolicy:
     """Picks each reply's Choice from the mode and what the turn has done so far."""
 
-    def __init__(self, mode: str, schemas: list[dict[str, Any]], root: Path,
-                 files: list[str] | None = None):
+    def __init__(self, mode: str, schemas: list[dict[str, Any]], root: Path):
         if mode not in MODES:
             raise ValueError(f"unknown tool choice {mode!r}; one of {', '.join(MODES)}")
         self.mode = mode
         self.schemas = {s["function"]["name"]: s for s in schemas}
         self.root = root
-        self._files = files
+        self._files: list[str] | None = None
         self.turn = _Turn()
 
     def start_turn(self, task: str) -> None:

@@ -8,6 +8,9 @@ Files:
 - loop.py: AgentLoop, one user turn: append, generate, parse, dispatch tools, record.
 - context.py: the stable-first layout: instructions, tool schemas, the repository.
 - repo_snapshot.py: the repository as the model first sees it, within a token budget.
+- repo_order.py: what the snapshot takes first (README, task files, git history, metadata last).
+- repo_files.py: listing and classifying files, reading them without following links.
+- repo_listing.py: the snapshot's list of files left out, summarised to fit its budget.
 - external_changes.py: files changed outside the agent, appended as notes with the diff.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
 - harmony.py: gpt-oss's harmony messages: channels, the final text, functions.NAME calls.

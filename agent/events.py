@@ -139,6 +139,22 @@ class MessageAdded:
 
 
 @dataclass(frozen=True)
+class SnapshotTaken:
+    """What the repository snapshot inlined and left out (lists capped; counts are whole)."""
+
+    inlined: list[str]
+    excerpts: dict[str, str]  # path -> the lines shown, for files inlined in part
+    left_out: list[str]  # text files over the token budget
+    listed: list[str]  # binary, huge, linked or oddly named files, with their kind
+    inlined_count: int
+    left_out_count: int
+    listed_count: int
+    tokens: int
+    budget: int
+    summary: str  # the one line text mode shows
+
+
+@dataclass(frozen=True)
 class TurnFinished:
     turn: int
     # context_full: the window has no room for the next step; `text` says what to do.
@@ -174,21 +190,22 @@ class ApprovalGiven:
 
 Event = (SessionStarted | Progress | TurnStarted | TokenDelta | ToolCallStarted
          | ToolCallFinished | ApprovalRequested | ApprovalGiven | Note | MessageAdded
-         | TurnFinished | KVStats | Error)
+         | SnapshotTaken | TurnFinished | KVStats | Error)
 
 _TYPE_NAMES = {
     SessionStarted: "session_started", Progress: "progress", TurnStarted: "turn_started",
     TokenDelta: "message_delta", ToolCallStarted: "tool_started", ToolCallFinished: "tool_finished",
     ApprovalRequested: "approval_requested", ApprovalGiven: "approval_given", Note: "note",
     MessageAdded: "message_added", TurnFinished: "turn_finished", KVStats: "kv_stats",
-    Error: "error",
+    Error: "error", SnapshotTaken: "snapshot",
 }
 _BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
 
 # What the store keeps of a session: everything but the transient (streamed text, progress,
 # page counts). The streamed text is in the assistant's MessageAdded.
 RECORDED: tuple[type, ...] = (TurnStarted, ToolCallStarted, ToolCallFinished, ApprovalRequested,
-                              ApprovalGiven, Note, MessageAdded, TurnFinished, Error)
+                              ApprovalGiven, Note, MessageAdded, SnapshotTaken, TurnFinished,
+                              Error)
 RECORD_ONLY: tuple[type, ...] = (MessageAdded,)  # recorded, never put on the event queue
 
 

@@ -13,6 +13,7 @@ from agent.events import (
     Event,
     MessageAdded,
     Note,
+    SnapshotTaken,
     TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -22,7 +23,8 @@ from agent.events import (
 )
 from agent.tool_calls import parse_tool_calls
 
-_SHOWN = (TurnStarted, ToolCallStarted, ToolCallFinished, Note, TurnFinished, Error)
+_SHOWN = (TurnStarted, ToolCallStarted, ToolCallFinished, Note, SnapshotTaken, TurnFinished,
+          Error)
 
 
 def recorded(store_events: Iterable) -> list[tuple[int, Event]]:

@@ -26,6 +26,7 @@ from agent.events import (
     Usage,
 )
 from agent.tool_calls import ToolCall, parse_tool_calls
+from agent.tool_policy import Choice, ToolPolicy
 from agent.tools.base import Tool, ToolContext, ToolResult, run_tool
 
 PROGRESS_MIN_TOKENS = 2048
@@ -49,7 +50,8 @@ class LoopConfig:
     max_steps: int = 12  # model calls per user message; hitting it ends the turn as turn_limit
     gen: GenParams = GenParams()
     # "auto" | "required" | "none" | "first" (the first reply of a turn calls a tool, the next
-    # answers in words: for models not trained to use tools); None: the backend's default.
+    # answers in words) | "chain" (explore, edit, answer under a narrowed grammar: for models
+    # not trained to use tools; see agent/tool_policy.py); None: the backend's default.
     tool_choice: str | None = None
 
 
@@ -95,6 +97,8 @@ class AgentLoop:
         self.config = config
         self.context_window = context_window
         self.default_tool_choice = default_tool_choice
+        self.policy = ToolPolicy(config.tool_choice or default_tool_choice,
+                                 [t.schema() for t in tools], ctx.workspace.root)
         self._call_ids = 0
         self._last_calls: str | None = None
         self._repeating = False
@@ -109,6 +113,7 @@ class AgentLoop:
 
         A cancel set before the turn starts stops it at once (the caller clears stale ones)."""
         self._last_calls, self._repeating = None, False
+        self.policy.start_turn(user_text)
         self.emit(TurnStarted(turn, user_text))
         tally = _TurnTally()
         if self.conv.carried:
@@ -180,20 +185,16 @@ class AgentLoop:
         if total >= PROGRESS_MIN_TOKENS:  # short appends would only flicker
             self.emit(Progress("prefill", done, total))
 
-    def _tool_choice(self, step: int) -> str:
-        if step and self._repeating:
-            return "none"  # the same calls twice in a row: answer with what is known
-        choice = self.config.tool_choice or self.default_tool_choice
-        if choice == "first":
-            return "required" if step == 0 else "none"
-        return choice
+    def _tool_choice(self, step: int) -> Choice:
+        return self.policy.choose(step, self._repeating)
 
-    def _step(self, turn: int, messages: list[dict], tally: _TurnTally, tool_choice: str
+    def _step(self, turn: int, messages: list[dict], tally: _TurnTally, choice: Choice
               ) -> tuple[list[dict], str]:
         """Append messages, generate a reply, run its tool calls; return the tool messages."""
         self._append(turn, messages, tally)
         visible = _VisibleText()
-        gen = dataclasses.replace(self.config.gen, tool_choice=tool_choice)
+        gen = dataclasses.replace(self.config.gen, tool_choice=choice.tool_choice,
+                                  tools=choice.schemas)
         for delta in self.conv.generate(gen, self.cancel):
             shown = visible.push(delta)
             if shown:
@@ -220,6 +221,7 @@ class AgentLoop:
         """Run one call (or refuse it) and return the tool message for the model."""
         self.emit(ToolCallStarted(call.call_id, call.name, _jsonable(call.arguments)))
         result = self._result_for(call)
+        self.policy.observe(call, result.ok, result.content)
         metadata = _jsonable(result.metadata)
         if result.full_output:
             metadata = {**metadata, "full_output": result.full_output}

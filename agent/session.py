@@ -59,6 +59,7 @@ class SessionOptions:
     deny: list[str] = field(default_factory=list)
     loop: LoopConfig = LoopConfig()
     snapshot_fraction: float = 0.5  # of the context window, for the repository snapshot
+    task: str = ""  # the first prompt when known at start: the snapshot puts its files first
     title: str | None = None
     replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
     pass_env: list[str] = field(default_factory=list)  # names commands get besides the allowlist
@@ -185,6 +186,8 @@ class AgentSession(QueuedHandle):
 
     def _run_turn(self, text: str) -> None:
         self.turn += 1
+        if self.turn == 1 and not self.options.title:  # every session is named by its start
+            self.store.set_title(self.session_id, " ".join(text.split())[:80] or None)
         self._checkpoint()
         preamble = self._outside_changes()
         self.watcher.turn_started()
@@ -261,7 +264,7 @@ class AgentSession(QueuedHandle):
             self.session_id = self.loop.recorder.session_id = info.id
             self._locked = True
         snapshot = self._snapshot(schemas)
-        for entry in snapshot.included:  # the model has seen these: edits need no re-read
+        for entry in snapshot.whole():  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
             self.ctx.files.record(path.resolve(), path.read_bytes())
         system = system_message(schemas, snapshot, self.backend.template_supports_tools())
@@ -270,7 +273,7 @@ class AgentSession(QueuedHandle):
         conv.carried = appended
         self._events.put(Progress("ingest", appended.new_tokens, appended.new_tokens))
         self._emit(MessageAdded(0, "system", system["content"]))
-        self._emit(Note(snapshot.report()))
+        self._emit(snapshot.event())
         self.store.append_tokens(self.session_id, 0, "system", appended.ids, appended.text)
 
     def _snapshot(self, schemas):
@@ -284,7 +287,7 @@ class AgentSession(QueuedHandle):
                                  self.options.snapshot_fraction)
         budget = target
         while True:
-            snapshot = take_snapshot(self.workspace.root, count, budget,
+            snapshot = take_snapshot(self.workspace.root, count, budget, task=self.options.task,
                                      may_read=self.permissions.may_read)
             size = count(snapshot.text or "")
             if size <= target or budget == 0:

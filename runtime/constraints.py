@@ -11,7 +11,9 @@ With `required=True` the whole reply is exactly one such call and an end-of-turn
 `required=False` the reply is free text ended by an end-of-turn token, or free text followed by
 calls (separated by whitespace, then the end token): once the text spells `<tool_call>`, the call
 is held to the schemas. The grammar is a llguidance lark grammar (`tool_call_grammar`); each
-tool's arguments are an inline `%json` sub-grammar.
+tool's arguments are an inline `%json` sub-grammar, or, for parameters given as `x-line-edits`
+(`line_edit_parameters`), a one-line replacement: a file, one of its lines, and a new line
+that differs from it.
 
 Costs: building llguidance's tokenizer walks the vocabulary (about 0.2 s for 49K tokens), so it
 is built once per `Tokenizer` and cached; a compiled grammar is cached per tool set, so a turn
@@ -20,6 +22,7 @@ with the same tools pays a matcher copy (microseconds). A mask is computed per t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -209,13 +212,70 @@ def _call_rules(schemas: list[dict[str, Any]]) -> list[str]:
     for i, schema in enumerate(schemas):
         function = _function(schema)
         prefix = '{"name": ' + json.dumps(function["name"]) + ', "arguments": '
+        rules.append(f'call_{i}: {json.dumps(prefix)} args_{i} "}}"')
+        edits = (function.get("parameters") or {}).get(LINE_EDITS)
+        if edits is not None:
+            rules += _line_edit_rules(f"args_{i}", edits)
+            continue
         parameters = {
             **(function.get("parameters") or {"type": "object"}),
             "x-guidance": _JSON_OPTIONS,
         }
-        rules.append(f'call_{i}: {json.dumps(prefix)} args_{i} "}}"')
         rules.append(f"args_{i}: %json {json.dumps(parameters)}")
     return rules
+
+
+LINE_EDITS = "x-line-edits"
+_MAX_LINE = 200  # characters of a replacement line (a small model can run on forever)
+_JSON_CHAR = r'([^"\\\x00-\x1f]|\\["\\\x2fbft]|\\u[0-9a-fA-F]{4})'  # no \n: one line
+
+
+@dataclass(frozen=True)
+class LineEdit:
+    """One line a call may replace: `old` is the exact text replaced, `keep` the start of the
+    replacement written as it is (e.g. context replaced along with the line), and the new
+    line may be none of `avoid` (the line itself; a small model also copies its neighbours)."""
+
+    old: str
+    keep: str
+    avoid: tuple[str, ...]
+
+
+def line_edit_parameters(files: dict[str, list[LineEdit]], keys: tuple[str, str, str]
+                         ) -> dict[str, Any]:
+    """Parameters for a call that replaces one line: `{keys[0]: a file, keys[1]: one of its
+    LineEdit.old, keys[2]: LineEdit.keep then one new line}`."""
+    if not files or not all(files.values()):
+        raise ValueError("a line edit needs at least one file with at least one line")
+    spec = {path: [dataclasses.asdict(e) for e in edits] for path, edits in files.items()}
+    return {LINE_EDITS: {"keys": list(keys), "files": spec}}
+
+
+def _line_edit_rules(name: str, spec: dict[str, Any]) -> list[str]:
+    """`name: file_0 | file_1 ...`, each file's lines, each line's differing replacement."""
+    path_key, old_key, new_key = spec["keys"]
+    rules, files = [], []
+    for f, (path, edits) in enumerate(spec["files"].items()):
+        head = "{" + f"{json.dumps(path_key)}: {json.dumps(path)}, {json.dumps(old_key)}: "
+        files.append(f"{name}_{f}")
+        options = []
+        for k, edit in enumerate(edits):
+            lexeme = f"{name.upper()}_{f}_{k}"
+            fixed = f'{json.dumps(edit["old"])}, {json.dumps(new_key)}: "'
+            fixed += json.dumps(edit["keep"])[1:-1]
+            options.append(f'{json.dumps(fixed)} {lexeme} "\\""')
+            avoid = "|".join(_regex_literal(json.dumps(a)[1:-1]) for a in edit["avoid"])
+            most = min(_MAX_LINE, 2 * len(edit["old"]) + 40)  # a fix, not a new program
+            rules.append(f"{lexeme}: /({_JSON_CHAR}){{0,{most}}}/ & ~/({avoid})/")
+        rules.append(f"{name}_{f}: {json.dumps(head)} ({' | '.join(options)}) " + '"}"')
+    rules.insert(0, f"{name}: {' | '.join(files)}")
+    return rules
+
+
+def _regex_literal(text: str) -> str:
+    """`text` as a lark regex body that matches exactly it."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in " _") else f"\\x{{{ord(c):x}}}"
+                   for c in text)
 
 
 def _function(schema: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,7 +53,9 @@ class AgentApp(App[None]):
         catalog: saved sessions for the picker (/resume, ctrl+r); None hides that feature.
         info: what to show before the agent's SessionStarted arrives.
         rewind: `rewind(turn)` drops turn `turn` and every later one (code and conversation);
-            called from a worker thread while no turn runs. None: /rewind is unavailable.
+            called from a daemon thread while no turn runs, so a stuck one never holds up
+            quitting. None: /rewind is unavailable. After a switch to another session, that
+            handle's own `rewind` is used (and `context_breakdown` likewise).
         context_breakdown: tokens per context segment (e.g. {"system": 2100, "repository":
             51000, "conversation": 8000}); called from a worker thread. None: /context shows
             only the total.
@@ -85,6 +88,7 @@ class AgentApp(App[None]):
         self._clock = clock
         self._history = PromptHistory()
         self._switching = False
+        self._rewinding = False
         self._quitting = False
         self._shutdown_sent = False
         self.main: MainScreen
@@ -189,6 +193,9 @@ class AgentApp(App[None]):
 
     async def on_task_failed(self, message: TaskFailed) -> None:
         await self.main.add_notice(f"Failed {message.what}: {message.error}", "error")
+        if self._rewinding and message.what.startswith("rewinding"):
+            self._rewinding = False
+            self.main.refresh_state()
         if self._switching:
             self._switching = False
             if self.handle.closed:  # the old session is shut down and no new one opened
@@ -201,6 +208,12 @@ class AgentApp(App[None]):
             return
         if self._rewind is None:
             await self.main.add_notice("Rewind is not available in this session.", "error")
+        elif self.handle.closed or self.main.closed:
+            await self.main.add_notice(
+                "The agent has stopped, so it cannot rewind; /resume the session first.",
+                "error")
+        elif self._rewinding:
+            await self.main.add_notice("A rewind is already under way.", "note")
         elif self.main.turns.busy:
             await self.main.add_notice(
                 "Rewind waits for the turn to end (esc interrupts).", "error"
@@ -216,8 +229,15 @@ class AgentApp(App[None]):
 
             self.push_screen(RewindScreen(self.main.turn_prompts), chosen)
 
-    @work(thread=True, exclusive=True, group="rewind")
     def _run_rewind(self, rewind: Callable[[int], None], turn: int) -> None:
+        """Rewind on a daemon thread: Textual's thread workers are joined at exit, and a
+        rewind the agent never gets to must not keep the app from quitting."""
+        self._rewinding = True
+        self.main.status.set_state("rewinding", busy=True)
+        threading.Thread(target=self._rewind_in_thread, args=(rewind, turn), daemon=True,
+                         name="rewind").start()
+
+    def _rewind_in_thread(self, rewind: Callable[[int], None], turn: int) -> None:
         try:
             rewind(turn)
         except Exception as exc:
@@ -227,7 +247,9 @@ class AgentApp(App[None]):
         self.post_message(Rewound(turn))
 
     async def on_rewound(self, message: Rewound) -> None:
+        self._rewinding = False
         await self.main.rewound(message.turn)
+        self.main.refresh_state()
 
     # ---- sessions -------------------------------------------------------------------------
 
@@ -271,6 +293,11 @@ class AgentApp(App[None]):
     async def on_session_opened(self, message: SessionOpened) -> None:
         self.handle = message.handle
         self._shutdown_sent = False
+        # /rewind and /context act on the session in view, not the one the app started with.
+        if self._rewind is not None:
+            self._rewind = getattr(message.handle, "rewind", None)
+        if self._context_breakdown is not None:
+            self._context_breakdown = getattr(message.handle, "context_breakdown", None)
         await self.main.reset(replace(self.info, session_id=message.session_id))
         await self.main.add_notice(session_card(message.session_id, message.origin))
         self._switching = False

@@ -1,9 +1,11 @@
-"""The small tables the /model and /context commands print into the transcript."""
+"""The small tables the /model and /context commands print into the transcript, and the
+one-line notices for a session's opening (resume card, repository snapshot)."""
 
 from __future__ import annotations
 
 from textual.content import Content
 
+from agent.events import SnapshotTaken
 from tui.catalog import SessionSummary
 from tui.formatting import percent, tokens
 from tui.info import AppInfo
@@ -65,3 +67,9 @@ def bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
     """A text bar of `part` out of `whole`."""
     filled = min(width, round(width * part / whole)) if whole > 0 else 0
     return "█" * filled + "░" * (width - filled)
+
+
+def snapshot_line(event: SnapshotTaken) -> str:
+    """What the repository snapshot holds, in one line: counts, then the first files."""
+    names = ", ".join(event.inlined[:6]) + (", ..." if event.inlined_count > 6 else "")
+    return f"Repository snapshot: {event.summary}" + (f" ({names})" if names else "")

@@ -33,6 +33,9 @@ class GenParams:
     # "auto": free text or tool calls (calls held to their schemas where the backend can);
     # "required": exactly one tool call; "none": text only.
     tool_choice: str = "auto"
+    # The schemas this reply's calls are held to, narrowed by the loop's tool policy (None:
+    # every tool, as the conversation has them). Backends that cannot constrain ignore it.
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass

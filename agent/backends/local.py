@@ -32,7 +32,7 @@ class LocalBackend(ModelBackend):
         self.name = model.name
         self.context_window = model.context_window
         self.fingerprint = model.fingerprint
-        self.default_tool_choice = "auto" if self.template_supports_tools() else "first"
+        self.default_tool_choice = "auto" if self.template_supports_tools() else "chain"
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.encode_text(text))
@@ -127,7 +127,7 @@ class LocalConversation(Conversation):
         room = self.window - len(self.seq.tokens)
         sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p,
                                   seed=params.seed, max_tokens=max(1, min(params.max_tokens, room)),
-                                  constraint=self._constraint(params.tool_choice))
+                                  constraint=self._constraint(params.tool_choice, params.tools))
         start, ids, finish = time.perf_counter(), [], "stop"
         stream = self.model.engine.generate(self.seq, sampling)
         for event in stream:
@@ -141,13 +141,17 @@ class LocalConversation(Conversation):
                 break
         self._finish(ids, finish, time.perf_counter() - start)
 
-    def _constraint(self, tool_choice: str):
-        """Tool calls held to their schemas; "required" allows nothing but one call."""
+    def _constraint(self, tool_choice: str, narrowed: list[dict[str, Any]] | None = None):
+        """Tool calls held to their schemas (`narrowed` ones when the loop's policy gives
+        them); "required" allows nothing but one call."""
         from runtime.constraints import text_only_constraint, tool_call_constraint
 
         end_ids = sorted(self.model.engine.stop_ids)
         if tool_choice == "none":
             return text_only_constraint(self.model.tokenizer, end_ids)
+        if narrowed is not None:
+            return tool_call_constraint(self.model.tokenizer, narrowed,
+                                        required=tool_choice == "required", end_ids=end_ids)
         if not self.schemas:
             return None
 

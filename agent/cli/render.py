@@ -13,6 +13,7 @@ from agent.events import (
     Event,
     Note,
     SessionStarted,
+    SnapshotTaken,
     TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -30,6 +31,7 @@ class HeadlessRenderer:
         self.out, self.out_json, self.err = out, out_json, err
         self.session_id = ""
         self.last: TurnFinished | None = None
+        self.snapshot: SnapshotTaken | None = None
         self.errors: list[str] = []
 
     def drain(self) -> str:
@@ -55,6 +57,8 @@ class HeadlessRenderer:
             self.session_id = event.session_id
         elif isinstance(event, TurnFinished):
             self.last = event
+        elif isinstance(event, SnapshotTaken):
+            self.snapshot = event
         elif isinstance(event, Error):
             self.errors.append(event.message)
         elif isinstance(event, ApprovalRequested):
@@ -77,13 +81,17 @@ class HeadlessRenderer:
             self.err(f"error: {event.message}")
         elif isinstance(event, Note) and event.text:
             self.err(f"note: {event.text.splitlines()[0]}")
+        elif isinstance(event, SnapshotTaken):
+            names = ", ".join(event.inlined[:8]) + (", ..." if event.inlined_count > 8 else "")
+            self.err(f"snapshot: {event.summary}" + (f": {names}" if names else ""))
 
     def _finish(self) -> None:
         result = {"type": "result", "session_id": self.session_id,
                   "status": self.last.status if self.last else "error",
                   "text": self.last.text if self.last else "",
                   "usage": asdict(self.last.usage) if self.last else {},
-                  "errors": self.errors}
+                  "errors": self.errors,
+                  "snapshot": asdict(self.snapshot) if self.snapshot else None}
         if self.fmt == "text":
             self.out()
             if self.last and self.last.status == "context_full":

@@ -39,14 +39,18 @@ def register(sub) -> None:
                    help="model calls allowed for this task (exit 3 when reached, or when the "
                    "context window is full; 130 when interrupted)")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature)")
     p.add_argument("--permission-mode", choices=MODES, default="accept-edits")
     p.add_argument("--allow", action="append", default=[], metavar="RULE",
                    help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
     p.add_argument("--deny", action="append", default=[], metavar="RULE",
                    help="deny rule, e.g. 'shell(rm *)' (repeatable)")
-    p.add_argument("--tool-choice", choices=["auto", "required", "first", "none"], default=None,
+    p.add_argument("--tool-choice", choices=["auto", "required", "first", "chain", "none"],
+                   default=None,
                    help="auto: the model decides; first: its first reply each turn calls a tool "
-                   "and the next answers (the default for models whose template has no tools)")
+                   "and the next answers; chain: explore, then edit for tasks that ask for a "
+                   "change, then answer (the default for models whose template has no tools)")
     add_sandbox_flags(p)
     p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
     p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")
@@ -94,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
     resume = resolve_resume(store, args, repo)
     backend = open_backend(args.model, **model_options(args), progress=sys.stderr.isatty())
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
-                             deny=args.deny, title=task[:80],
+                             deny=args.deny, title=task[:80], task=task,
                              loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens),
+                                             gen=GenParams(max_tokens=args.max_tokens,
+                                                           temperature=args.temperature,
+                                                           seed=args.seed),
                                              tool_choice=args.tool_choice),
                              **sandbox_options(args))
     session = AgentSession(backend, repo, store, resume_id=resume, options=options)

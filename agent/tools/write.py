@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from agent.repo_files import looks_like_path
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, ToolResult, path_field
 from agent.tools.edit import decode, unified_diff, write_text
 
@@ -30,6 +31,9 @@ class WriteTool(Tool):
     def run(self, args: WriteArgs, ctx: ToolContext) -> ToolResult:
         path = ctx.workspace.resolve(args.path, write=True)
         shown = ctx.workspace.shown(path)
+        if not path.exists() and not looks_like_path(args.path):
+            raise ToolError(f"{args.path!r} does not look like a file path; give the name with "
+                            f"its extension or folder (./{args.path.strip()} for a bare name)")
         if path.is_dir():
             raise ToolError(f"{shown} is a directory; give a file path")
         existed = path.exists()

@@ -91,7 +91,7 @@ def test_kill_9_mid_run_loses_at_most_the_event_being_written(env, repo):
     sid = listed[0]["id"]
     shown = json.loads(agent(env, "sessions", "show", sid, "--json").stdout)
     kinds = [e["kind"] for e in shown["events"]]
-    assert kinds[:2] == ["message_added", "note"] and "turn_started" in kinds  # committed
+    assert kinds[:2] == ["message_added", "snapshot"] and "turn_started" in kinds  # committed
     again = agent(env, "run", "--repo", str(repo), "--resume", sid, "--output-format", "json",
                   "--max-tokens", "16", "--max-turns", "1", "Summarise in one line.")
     assert again.returncode in (0, 3), again.stderr

@@ -249,8 +249,8 @@ def test_resume_can_replay_earlier_turns_as_events(git_repo, tmp_path):
     events = list(iter(lambda: session.next_event(0), None))
     assert [type(e).__name__ for e in events if not isinstance(e, SessionStarted)
             and type(e).__name__ != "Progress"] == [
-        "Note", "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta",
-        "TurnFinished"]  # the note: what the snapshot inlined
+        "SnapshotTaken", "TurnStarted", "ToolCallStarted", "ToolCallFinished", "TokenDelta",
+        "TurnFinished"]  # what the snapshot inlined, then the turn
     assert of(events, TurnStarted)[0].prompt == "what does helper do?"
     assert of(events, TurnFinished)[0].text == "helper adds one."
 

@@ -14,8 +14,10 @@ from agent.context import system_message
 from agent.tool_calls import parse_tool_calls
 from agent.tools import default_tools
 from runtime.constraints import (
+    LineEdit,
     ToolCallConstraint,
     _compiled_for,
+    line_edit_parameters,
     tool_call_constraint,
     tool_call_grammar,
 )
@@ -103,6 +105,54 @@ def test_arguments_follow_json_dumps_layout_and_escapes():
     assert " " not in allowed_text(tok, c, tok.vocab_size)  # no free whitespace
     feed(tok, c, "}}\n</tool_call><|im_end|>")
     assert c.finished()
+
+
+def edit_schema(files: dict[str, list[LineEdit]]) -> dict:
+    keys = ("path", "old_string", "new_string")
+    return {"function": {"name": "edit", "parameters": line_edit_parameters(files, keys)}}
+
+
+EDIT_HEAD = '<tool_call>\n{"name": "edit", "arguments": {"path": '
+
+
+def accepts(tok, constraint, text: str) -> bool:
+    """Whether the constraint lets every token of `text` through (stops at the first no)."""
+    for token in tok.encode(text):
+        if not constraint.allowed(tok.vocab_size)[token]:
+            return False
+        constraint.advance(token)
+    return True
+
+
+def test_a_line_edit_replaces_one_offered_line_by_a_new_one():
+    tok = byte_tokenizer()
+    avoid = ("return a - b", "return a * b")
+    schema = edit_schema({"calc.py": [LineEdit("return a - b", "", avoid)],
+                          "b.py": [LineEdit('say("hi")', "", ('say("hi")',))]})
+
+    def new(text: str) -> ToolCallConstraint:
+        return tool_call_constraint(tok, [schema], required=True, end_ids=[END])
+
+    good = EDIT_HEAD + '"calc.py", "old_string": "return a - b", "new_string": "return a + b"}}'
+    c = new(good)
+    feed(tok, c, good + "\n</tool_call><|im_end|>")
+    assert c.finished()
+    same = EDIT_HEAD + '"calc.py", "old_string": "return a - b", "new_string": "return a - b"}'
+    copy = EDIT_HEAD + '"calc.py", "old_string": "return a - b", "new_string": "return a * b"}'
+    other_line = EDIT_HEAD + '"calc.py", "old_string": "return a", '
+    other_file = EDIT_HEAD + '"c.py"'
+    two_lines = EDIT_HEAD + '"calc.py", "old_string": "return a - b", "new_string": "x\\n'
+    for bad in (same, copy, other_line, other_file, two_lines):
+        assert not accepts(tok, new(bad), bad), bad
+    escaped = EDIT_HEAD + '"b.py", "old_string": "say(\\"hi\\")", "new_string": "say(\\"yo\\")"}}'
+    c = new(escaped)
+    feed(tok, c, escaped + "\n</tool_call><|im_end|>")
+    assert c.finished()
+
+
+def test_line_edit_parameters_need_a_line():
+    with pytest.raises(ValueError, match="at least one line"):
+        line_edit_parameters({"a.py": []}, ("path", "old_string", "new_string"))
 
 
 def test_free_text_ends_on_the_end_token():

@@ -25,6 +25,7 @@ from agent.events import (
     Op,
     Progress,
     SessionStarted,
+    SnapshotTaken,
     ToolCallFinished,
     ToolCallStarted,
     TurnFinished,
@@ -32,7 +33,7 @@ from agent.events import (
     UserInput,
 )
 from tui import commands
-from tui.cards import context_card, model_card
+from tui.cards import context_card, model_card, snapshot_line
 from tui.history import PromptHistory
 from tui.info import AppInfo
 from tui.messages import CommandEntered, PromptSubmitted
@@ -176,6 +177,8 @@ class MainScreen(Screen[None]):
                 await self._approval_requested(event)
             case Note():
                 await self.add_notice(event.text, "note")
+            case SnapshotTaken():
+                await self.add_notice(snapshot_line(event), "note")
             case TurnFinished():
                 await self._turn_finished(event)
             case KVStats():
@@ -291,6 +294,10 @@ class MainScreen(Screen[None]):
 
     # ---- state and notices ------------------------------------------------------------
 
+    def refresh_state(self) -> None:
+        """Show the state again (after work the app did outside a turn, e.g. a rewind)."""
+        self._show_state()
+
     def _show_state(self) -> None:
         if self.closed:
             state = "stopped"
@@ -354,5 +361,5 @@ class MainScreen(Screen[None]):
         self._progress.clear()
         self._assistant = None
         self.closed = False
-        self.status.set_info(info)
+        self.status.reset(info)
         self._show_state()

@@ -45,6 +45,12 @@ class StatusBar(Static):
         self.info = info
         self.refresh_content()
 
+    def reset(self, info: AppInfo) -> None:
+        """Another session is in view: forget this one's usage and pages."""
+        self.usage, self.kv = None, None
+        self.remove_class("-full")
+        self.set_info(info)
+
     def set_usage(self, usage: Usage) -> None:
         self.usage = usage
         window = usage.context_window or self.info.context_window

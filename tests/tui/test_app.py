@@ -282,11 +282,11 @@ async def test_quit_sends_shutdown_and_waits_for_close(make_app, make_handle, wa
     app = make_app(handle)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+q")
-        assert handle.ops == [Shutdown()]
+        assert handle.ops == [Interrupt(), Shutdown()]  # a running turn stops first
         assert app.is_running  # still waiting for the agent to flush
         await wait_for(pilot, lambda: not app.is_running)
         assert handle.closed
-    assert handle.ops == [Shutdown()]  # once, even though unmount checks again
+    assert handle.ops == [Interrupt(), Shutdown()]  # once, even though unmount checks again
 
 
 async def test_quit_command(make_app, wait_for):
@@ -294,7 +294,7 @@ async def test_quit_command(make_app, wait_for):
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/quit")
         await wait_for(pilot, lambda: not app.is_running)
-    assert app.handle.ops == [Shutdown()]
+    assert app.handle.ops == [Interrupt(), Shutdown()]
 
 
 async def test_agent_closing_by_itself_is_shown(make_app, wait_for):
@@ -313,7 +313,7 @@ async def test_leaving_without_quit_still_sends_shutdown(make_app, wait_for):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         app.exit()
-    assert app.handle.ops == [Shutdown()]
+    assert app.handle.ops == [Interrupt(), Shutdown()]
 
 
 async def test_fatal_error_stops_the_session(make_app, wait_for):

@@ -7,6 +7,7 @@ under the constrained grammar, one reply per step, up to the loop's step limit:
 
     explore (read, grep, glob) -> answer
     explore -> [run the tests] -> edit -> [run the tests; while they fail: undo, edit] -> answer
+    (after the last try fails it is undone too: the tree is never left worse than found)
 
 An edit task is one whose prompt asks for a change ("fix", "rename", ...). Its edit is held to
 what can succeed: the path is a file the turn has read, `old_string` one of that file's lines
@@ -188,10 +189,10 @@ class ToolPolicy:
             return self._find()
         if t.tests and t.dirty:
             return Choice("required", [self._run_tests()])
+        if t.undo is not None and "edit" in self.schemas:  # the last try failed: put it back
+            return Choice("required", [self._undo(*t.undo)])
         if t.edits and (t.passing or not t.tests or t.edits >= MAX_EDITS):
             return Choice("none")
-        if t.undo is not None and "edit" in self.schemas:
-            return Choice("required", [self._undo(*t.undo)])
         return self._edit()
 
     def _undo(self, path: str, old: str, new: str) -> dict[str, Any]:

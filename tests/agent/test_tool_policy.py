@@ -202,3 +202,20 @@ def test_an_edit_the_tests_fail_is_undone_and_never_tried_again(calc):
     again = policy.choose(5, False)  # no test run: the tree is as the last run saw it
     offered = params(again)[LINE_EDITS]["files"]["calc.py"]
     assert [e["old"] for e in offered] == [old] and bad in offered[0]["avoid"]
+
+
+def test_the_last_failed_try_is_undone_before_the_answer(calc):
+    policy = ToolPolicy("chain", SCHEMAS, calc)
+    policy.start_turn("fix calc.py")
+    policy.observe(call("read", path="calc.py"), True)
+    command = params(policy.choose(1, False))["properties"]["command"]["const"]
+    policy.observe(call("shell", command=command), False, FAILED)
+    old = "return sum(values) / (len(values) - 1)"
+    for k, new in enumerate(["return 1", "return 2", "return 3"]):
+        assert names(policy.choose(2 + 3 * k, False)) == ["edit"]
+        policy.observe(call("edit", path="calc.py", old_string=old, new_string=new), True)
+        policy.observe(call("shell", command=command), False, FAILED)
+        undo = params(policy.choose(4 + 3 * k, False))["properties"]
+        assert undo["new_string"] == {"const": old}
+        policy.observe(call("edit", path="calc.py", old_string=new, new_string=old), True)
+    assert policy.choose(11, False).tool_choice == "none"

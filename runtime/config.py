@@ -1,5 +1,6 @@
-"""Model configuration: one frozen dataclass for the dense (Llama / Qwen2 / Qwen3) and the
-mixture-of-experts (Qwen3-MoE, gpt-oss) families."""
+"""Model configuration: one frozen dataclass for the dense (Llama / Qwen2 / Qwen3), the
+mixture-of-experts (Qwen3-MoE, gpt-oss) and the hybrid linear-attention (Qwen3-Next, Qwen3.5)
+families."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen3ForCausalLM": "qwen3",
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "GptOssForCausalLM": "gpt_oss",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForCausalLM": "qwen3_5",
+    "Qwen3_5MoeForCausalLM": "qwen3_5_moe",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types
+LINEAR = "linear_attention"  # a Gated DeltaNet layer (hybrid families)
+HYBRID_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe")
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,21 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class LinearAttention:
+    """Gated DeltaNet dimensions (HF `linear_*`): conv kernel, key and value heads and dims."""
+
+    conv_kernel: int
+    key_head_dim: int
+    value_head_dim: int
+    num_key_heads: int
+    num_value_heads: int
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything the model definition and the KV layout need to know about a checkpoint."""
 
-    family: str  # "llama" | "qwen2" | "qwen3" | "qwen3_moe" | "gpt_oss"
+    family: str  # "llama" | "qwen2" | "qwen3" | "qwen3_moe" | "gpt_oss" | HYBRID_FAMILIES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -73,6 +90,10 @@ class ModelConfig:
     layer_types: tuple[str, ...] = ()  # SLIDING / FULL per layer; empty: all full
     sliding_window: int | None = None
     attention_sinks: bool = False
+    # Hybrid linear attention (Qwen3-Next, Qwen3.5): LINEAR / FULL in layer_types.
+    linear_attention: LinearAttention | None = None
+    partial_rotary_factor: float = 1.0  # rope rotates the first head_dim * factor dims
+    shared_expert_intermediate_size: int = 0  # a gated shared expert beside the routed ones
 
     @property
     def q_per_kv(self) -> int:
@@ -82,6 +103,14 @@ class ModelConfig:
         """Whether layer `layer`'s feed-forward is the routed experts block."""
         return (self.num_experts > 0 and layer not in self.mlp_only_layers
                 and (layer + 1) % self.decoder_sparse_step == 0)
+
+    def is_linear_layer(self, layer: int) -> bool:
+        """Whether layer `layer` is a linear-attention (Gated DeltaNet) layer."""
+        return bool(self.layer_types) and self.layer_types[layer] == LINEAR
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def window_of(self, layer: int) -> int | None:
         """The sliding window of layer `layer`, None for full attention."""
@@ -104,7 +133,7 @@ class ModelConfig:
             family=family,
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
+            intermediate_size=cfg.get("intermediate_size") or cfg["moe_intermediate_size"],
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
@@ -119,6 +148,7 @@ class ModelConfig:
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
             **_moe_fields(cfg, family),
+            **_hybrid_fields(cfg, family),
         )
 
 
@@ -150,6 +180,36 @@ def _moe_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
             "attention_sinks": True,
         }
     return {}
+
+
+def _hybrid_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
+    if family not in HYBRID_FAMILIES:
+        return {}
+    layers = cfg["num_hidden_layers"]
+    interval = cfg.get("full_attention_interval") or 4
+    types = cfg.get("layer_types") or [FULL if (i + 1) % interval == 0 else LINEAR
+                                       for i in range(layers)]
+    unknown = set(types) - {LINEAR, FULL}
+    if unknown or len(types) != layers:
+        raise UnsupportedModel(f"unsupported layer_types {sorted(unknown) or len(types)}; "
+                               f"supported: one of {LINEAR}, {FULL} per layer")
+    linear = LinearAttention(
+        conv_kernel=cfg.get("linear_conv_kernel_dim", 4),
+        key_head_dim=cfg["linear_key_head_dim"], value_head_dim=cfg["linear_value_head_dim"],
+        num_key_heads=cfg["linear_num_key_heads"], num_value_heads=cfg["linear_num_value_heads"],
+    )
+    partial = _rope_params(cfg).get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
+    out: dict[str, Any] = {"layer_types": tuple(types), "linear_attention": linear,
+                           "partial_rotary_factor": float(partial or 1.0)}
+    if family != "qwen3_5":  # Qwen3-Next and Qwen3.5-MoE: routed experts + a shared one
+        out.update(num_experts=cfg["num_experts"], num_experts_per_tok=cfg["num_experts_per_tok"],
+                   moe_intermediate_size=cfg["moe_intermediate_size"],
+                   norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+                   shared_expert_intermediate_size=cfg["shared_expert_intermediate_size"])
+    if family == "qwen3_next":
+        out.update(decoder_sparse_step=cfg.get("decoder_sparse_step") or 1,
+                   mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()))
+    return out
 
 
 def _rope_params(cfg: dict[str, Any]) -> dict[str, Any]:

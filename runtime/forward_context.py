@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
 from runtime.kernels.layer_ops import LayerOps
+
+if TYPE_CHECKING:
+    from runtime.models.recurrent_state import BoundStates
 
 
 @dataclass
@@ -18,6 +22,7 @@ class ForwardContext:
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache) views
     meta: AttentionMetadata
     ops: LayerOps  # chosen once per device by whoever builds the model runner
+    states: BoundStates | None = None  # hybrid models' linear-layer states (recurrent_state.py)
 
     def attend(self, layer: int, q, k, v, scale: float, *, window: int | None = None,
                sinks: torch.Tensor | None = None) -> torch.Tensor:

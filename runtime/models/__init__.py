@@ -6,6 +6,9 @@ Files:
 - moe.py: the routed-experts feed-forward: TopKRouter, stacked Experts.
 - qwen3_moe.py: Qwen3-MoE (Qwen3 attention, sparse and dense layers).
 - gpt_oss.py: gpt-oss (sinks, sliding-window layers, biased experts, clamped SwiGLU).
+- gated_deltanet.py: Gated DeltaNet, the linear-attention layer (conv, gated delta rule).
+- qwen3_next.py: hybrid Qwen3-Next and Qwen3.5 (dense, MoE): DeltaNet + gated attention layers.
+- recurrent_state.py: the linear layers' per-sequence states in slots, bound per forward.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from runtime.errors import UnsupportedModel
 from runtime.models.gpt_oss import GptOssForCausalLM
 from runtime.models.llama import CausalLM
 from runtime.models.qwen3_moe import Qwen3MoeForCausalLM
+from runtime.models.qwen3_next import Qwen3NextForCausalLM
 
 # ModelConfig.family -> model class. One class serves the whole family; flags pick the variant.
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
@@ -25,6 +29,9 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "qwen3": CausalLM,
     "qwen3_moe": Qwen3MoeForCausalLM,
     "gpt_oss": GptOssForCausalLM,
+    "qwen3_next": Qwen3NextForCausalLM,
+    "qwen3_5": Qwen3NextForCausalLM,
+    "qwen3_5_moe": Qwen3NextForCausalLM,
 }
 
 

@@ -188,12 +188,17 @@ class CausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.model = DecoderModel(cfg, self.make_mlp)
+        self.model = self.make_decoder(cfg, self.make_mlp)
         self.lm_head: nn.Linear | None = None
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # A tied head laid out for the matmul (runtime/engine/cpu_layout.py), when one is made.
         self.packed_head: nn.Module | None = None
+
+    @staticmethod
+    def make_decoder(cfg: ModelConfig, mlp_for: MlpFactory) -> nn.Module:
+        """The `model.` body: embedding, layers, final norm (hybrid families differ)."""
+        return DecoderModel(cfg, mlp_for)
 
     @staticmethod
     def make_mlp(cfg: ModelConfig, layer_idx: int) -> nn.Module:

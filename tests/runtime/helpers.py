@@ -37,6 +37,9 @@ class PagedRunner:
         self.page_size = page_size
         self.pages: list[int] = []
         self.tokens: list[int] = []
+        # Hybrid models keep their linear layers' states in a slot beside the pages.
+        self.states = model.new_state_pool(1) if hasattr(model, "new_state_pool") else None
+        self.slot = self.states.alloc() if self.states is not None else -1
 
     @torch.inference_mode()
     def extend(self, ids: list[int]) -> torch.Tensor:
@@ -46,7 +49,8 @@ class PagedRunner:
         if need > 0:
             self.pages += self.pool.alloc(need)
         meta = build_metadata([self.pages], [end], [len(ids)], self.page_size, torch.device("cpu"))
-        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta, self.ops)
+        states = None if self.states is None else self.states.bind([self.slot], meta)
+        ctx = ForwardContext(self.backend, self.pool.layer_views(), meta, self.ops, states)
         hidden = self.model(torch.tensor(ids), torch.arange(start, end), ctx)
         self.tokens += ids
         return self.model.compute_logits(hidden)

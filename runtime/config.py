@@ -20,10 +20,14 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen3NextForCausalLM": "qwen3_next",
     "Qwen3_5ForCausalLM": "qwen3_5",
     "Qwen3_5MoeForCausalLM": "qwen3_5_moe",
+    "NemotronHForCausalLM": "nemotron_h",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types
 LINEAR = "linear_attention"  # a Gated DeltaNet layer (hybrid families)
-HYBRID_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe")
+HYBRID_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe", "nemotron_h")
+MLP_BLOCK = "mlp"  # Nemotron-H: a block whose only mixer is the feed-forward
+# Nemotron-H's older `hybrid_override_pattern`, one character per block.
+_NEMOTRON_PATTERN = {"M": LINEAR, "*": FULL, "-": MLP_BLOCK, "E": "moe"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,21 @@ class LinearAttention:
     value_head_dim: int
     num_key_heads: int
     num_value_heads: int
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """Mamba-2 mixer dimensions and settings (Nemotron-H's `mamba_*`, `ssm_state_size`, ...)."""
+
+    num_heads: int
+    head_dim: int
+    state_size: int
+    n_groups: int
+    conv_kernel: int
+    chunk_size: int
+    time_step_min: float
+    use_conv_bias: bool
+    use_bias: bool
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,8 @@ class ModelConfig:
     linear_attention: LinearAttention | None = None
     partial_rotary_factor: float = 1.0  # rope rotates the first head_dim * factor dims
     shared_expert_intermediate_size: int = 0  # a gated shared expert beside the routed ones
+    mamba: Mamba2 | None = None  # Nemotron-H: LINEAR layers are Mamba-2 mixers
+    mlp_bias: bool = False
 
     @property
     def q_per_kv(self) -> int:
@@ -126,6 +147,8 @@ class ModelConfig:
         if family is None:
             names = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
             raise UnsupportedModel(f"unsupported architecture {arch!r}; supported: {names}")
+        if family == "nemotron_h":
+            cfg = _nemotron_aliases(cfg)
         heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -182,9 +205,37 @@ def _moe_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
     return {}
 
 
+def _nemotron_aliases(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Nemotron-H's names for the generic fields; the block pattern as `layer_types`."""
+    types = cfg.get("layers_block_type")
+    if types is None and "hybrid_override_pattern" in cfg:
+        types = [_NEMOTRON_PATTERN.get(ch, ch) for ch in cfg["hybrid_override_pattern"]]
+    types = list(types or [])
+    unknown = set(types) - {LINEAR, FULL, MLP_BLOCK}
+    if unknown or not types:
+        raise UnsupportedModel(f"unsupported Nemotron-H blocks {sorted(unknown) or types}; "
+                               f"supported: {LINEAR} (Mamba-2), {FULL}, {MLP_BLOCK}")
+    return {**cfg, "layer_types": types, "num_hidden_layers": len(types),
+            "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5)}
+
+
+def _mamba_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    mamba = Mamba2(
+        num_heads=cfg["mamba_num_heads"], head_dim=cfg["mamba_head_dim"],
+        state_size=cfg["ssm_state_size"], n_groups=cfg.get("n_groups", 1),
+        conv_kernel=cfg.get("conv_kernel", 4), chunk_size=cfg.get("chunk_size", 128),
+        time_step_min=float(cfg.get("time_step_min", 0.001)),
+        use_conv_bias=bool(cfg.get("use_conv_bias", True)), use_bias=bool(cfg.get("use_bias")),
+    )
+    return {"layer_types": tuple(cfg["layer_types"]), "mamba": mamba,
+            "mlp_bias": bool(cfg.get("mlp_bias", False))}
+
+
 def _hybrid_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
     if family not in HYBRID_FAMILIES:
         return {}
+    if family == "nemotron_h":
+        return _mamba_fields(cfg)
     layers = cfg["num_hidden_layers"]
     interval = cfg.get("full_attention_interval") or 4
     types = cfg.get("layer_types") or [FULL if (i + 1) % interval == 0 else LINEAR

@@ -7,6 +7,7 @@ Files:
 - triton_ops.py: TritonOps, the CUDA layer ops over the Triton kernels below.
 - torch_moe.py: expert activations and the routed expert sum in torch (gather or sorted).
 - torch_linear_attn.py: linear attention in torch: causal conv, gated delta rule (chunk, step).
+- torch_mamba2.py: the Mamba-2 selective scan (SSD) in torch: chunked and recurrent step.
 - fp8_kv.py: fp8 (e4m3) KV rows with a scale per token and head: split, quantize, dequantize.
 - triton_fp8.py: the fp8 KV store kernel and the e4m3 codecs the attention kernels use.
 - triton_moe.py: fused MoE: routes sorted by expert, grouped GEMMs (gate/up + activation, down).

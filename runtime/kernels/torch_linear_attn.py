@@ -22,21 +22,25 @@ def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
 
 
-def causal_conv(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+def causal_conv(x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv + SiLU over one sequence's new inputs.
 
     x `(L, C)`, state `(C, K-1)` the inputs before them, weight `(C, K)` ->
     out `(L, C)` in x's dtype, new state `(C, K-1)`."""
     k = weight.shape[-1]
     full = torch.cat([state.to(weight.dtype), x.t().to(weight.dtype)], dim=-1)  # (C, K-1+L)
-    out = F.conv1d(full[None], weight[:, None, :], groups=weight.shape[0])[0]  # (C, L)
+    out = F.conv1d(full[None], weight[:, None, :], bias, groups=weight.shape[0])[0]  # (C, L)
     return F.silu(out).t().to(x.dtype), full[:, full.shape[-1] - (k - 1):].to(state.dtype)
 
 
-def causal_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+def causal_conv_step(x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
     """One new input per sequence: x `(B, C)`, state `(B, C, K-1)` -> out `(B, C)`, state."""
     full = torch.cat([state.to(weight.dtype), x[:, :, None].to(weight.dtype)], dim=-1)  # (B,C,K)
     out = (full * weight[None]).sum(dim=-1)
+    if bias is not None:
+        out = out + bias
     return F.silu(out).to(x.dtype), full[:, :, 1:].to(state.dtype)
 
 

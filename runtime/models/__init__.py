@@ -8,6 +8,8 @@ Files:
 - gpt_oss.py: gpt-oss (sinks, sliding-window layers, biased experts, clamped SwiGLU).
 - gated_deltanet.py: Gated DeltaNet, the linear-attention layer (conv, gated delta rule).
 - qwen3_next.py: hybrid Qwen3-Next and Qwen3.5 (dense, MoE): DeltaNet + gated attention layers.
+- mamba2.py: the Mamba-2 mixer (conv, selective scan, grouped gated norm).
+- nemotron_h.py: Nemotron-H: Mamba-2, rope-less attention and squared-ReLU MLP blocks.
 - recurrent_state.py: the linear layers' per-sequence states in slots, bound per forward.
 """
 
@@ -19,6 +21,7 @@ from runtime.config import ModelConfig
 from runtime.errors import UnsupportedModel
 from runtime.models.gpt_oss import GptOssForCausalLM
 from runtime.models.llama import CausalLM
+from runtime.models.nemotron_h import NemotronHForCausalLM
 from runtime.models.qwen3_moe import Qwen3MoeForCausalLM
 from runtime.models.qwen3_next import Qwen3NextForCausalLM
 
@@ -32,6 +35,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "qwen3_next": Qwen3NextForCausalLM,
     "qwen3_5": Qwen3NextForCausalLM,
     "qwen3_5_moe": Qwen3NextForCausalLM,
+    "nemotron_h": NemotronHForCausalLM,
 }
 
 

@@ -84,7 +84,8 @@ class SharedExpertMoe(nn.Module):
         super().__init__()
         self.gate = TopKRouter(cfg, bias=False, softmax_then_topk=True)
         self.experts = Experts(cfg, ExpertActivation("silu"), bias=False)
-        self.shared_expert = MLP(replace(cfg, intermediate_size=cfg.shared_expert_intermediate_size))
+        shared = replace(cfg, intermediate_size=cfg.shared_expert_intermediate_size)
+        self.shared_expert = MLP(shared)
         self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
 
     def forward(self, x: Tensor, ops: LayerOps) -> Tensor:
@@ -101,7 +102,8 @@ class HybridDecoderLayer(nn.Module):
         self.linear_attn: GatedDeltaNet | None = None
         self.self_attn: GatedAttention | None = None
         if cfg.is_linear_layer(layer_idx):
-            self.linear_attn = GatedDeltaNet(cfg, layer_idx, grouped_proj=cfg.family == "qwen3_next")
+            grouped = cfg.family == "qwen3_next"
+            self.linear_attn = GatedDeltaNet(cfg, layer_idx, grouped_proj=grouped)
         else:
             self.self_attn = GatedAttention(cfg, layer_idx)
         self.mlp = mlp

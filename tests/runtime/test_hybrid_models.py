@@ -15,6 +15,7 @@ import torch
 from runtime.config import LINEAR, ModelConfig
 from runtime.errors import UnsupportedModel
 from runtime.kernels import torch_linear_attn as ref
+from runtime.kernels import torch_mamba2 as ssd
 from runtime.loader import load_model
 from tests.runtime.helpers import PagedRunner, check_greedy, check_prefill, prompt_ids
 
@@ -143,3 +144,71 @@ def test_conv_step_equals_the_conv():
         steps.append(o)
     torch.testing.assert_close(out, torch.cat(steps))
     torch.testing.assert_close(state, s[0])
+
+
+NEMOTRON_LAYERS = ["linear_attention", "mlp", "full_attention", "linear_attention", "mlp"]
+
+
+def tiny_nemotron():
+    """A random 5-block Nemotron-H: two Mamba-2 mixers (2 groups of 4 heads), attention, MLPs."""
+    config = transformers.NemotronHConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=96, layers_block_type=NEMOTRON_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+        mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=16, n_groups=2, conv_kernel=4,
+        chunk_size=32, layer_norm_epsilon=1e-5, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(("A_log", "dt_bias", "D")):
+                p.copy_(torch.rand_like(p))
+            else:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def nemotron_pair(tmp_path_factory):
+    hf = tiny_nemotron()
+    path = tmp_path_factory.mktemp("nemotron_h")
+    hf.save_pretrained(path)
+    return hf, load_model(path, dtype=torch.float32)
+
+
+def test_nemotron_h_chunked_prefill_logits_match(nemotron_pair):
+    check_prefill(*nemotron_pair, PROMPT_LEN, CHUNKS)
+
+
+def test_nemotron_h_greedy_tokens_match(nemotron_pair):
+    check_greedy(*nemotron_pair, 70, NEW_TOKENS, [33, 1])
+
+
+def test_nemotron_h_moe_blocks_are_a_clear_error(tmp_path):
+    hf = tiny_nemotron()
+    hf.save_pretrained(tmp_path)
+    cfg = (tmp_path / "config.json").read_text().replace('"mlp"', '"moe"')
+    (tmp_path / "config.json").write_text(cfg)
+    with pytest.raises(UnsupportedModel, match="unsupported Nemotron-H blocks"):
+        load_model(tmp_path, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("length", [1, 7, 32, 70])
+def test_ssd_chunked_scan_equals_the_recurrent_steps(length):
+    g = torch.Generator().manual_seed(length)
+    h, p, n, groups = 4, 3, 5, 2
+    x = torch.randn(length, h, p, generator=g)
+    dt = torch.randn(length, h, generator=g)
+    a, d, bias = -torch.rand(h, generator=g), torch.rand(h, generator=g), torch.rand(h, generator=g)
+    b, c = (torch.randn(length, groups, n, generator=g) for _ in range(2))
+    state0 = torch.randn(h, p, n, generator=g)
+    y, state = ssd.ssd_chunked(x, dt, a, b, c, d, bias, 0.0, state0, chunk=16)
+    s, steps = state0[None], []
+    for t in range(length):
+        o, s = ssd.ssd_step(x[t : t + 1], dt[t : t + 1], a, b[t : t + 1], c[t : t + 1], d, bias, s)
+        steps.append(o)
+    torch.testing.assert_close(y, torch.cat(steps), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, s[0], rtol=1e-5, atol=1e-5)

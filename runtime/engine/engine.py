@@ -19,6 +19,7 @@ from runtime.engine.scheduler import Request, Scheduler
 from runtime.engine.sequence import BlockTable, Sequence
 from runtime.errors import ContextTooLong, OutOfPages
 from runtime.kernels.backend import AttentionBackend
+from runtime.models.recurrent_state import SequenceStates
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,10 @@ class Engine:
         self.stop_ids = stop_ids
         self.tokenizer = tokenizer
         self.config = config
+        # Hybrid models' linear-layer states, one slot per sequence (None for the others).
+        self.states = SequenceStates.for_model(model, self.device)
         self.runner = ModelRunner(model, kv.pool.layer_views(), backend, self.page_size,
-                                  self.device, max_context=max_context)
+                                  self.device, max_context=max_context, states=self.states)
         self.scheduler = Scheduler(config.prefill_chunk, config.max_batch_tokens)
         self.sampler = Sampler()
         self._req_ids = itertools.count(1)
@@ -102,6 +105,8 @@ class Engine:
     def release(self, seq: Sequence) -> None:
         """Drop the sequence's hold on its pages (sealed pages stay cached)."""
         self.kv.release(seq.table.truncate(0))
+        if self.states is not None:
+            self.states.free(seq.seq_id)
         seq.hashes.clear()
         seq.num_computed = 0
         seq.last_logits = None
@@ -119,6 +124,8 @@ class Engine:
             self.kv.pool.copy_page(seq.pages[full], page[0])
             child.table.append(page)
         child.last_logits = None if seq.last_logits is None else seq.last_logits.clone()
+        if self.states is not None:
+            self.states.fork(seq.seq_id, child.seq_id)
         return child
 
     def truncate(self, seq: Sequence, n: int) -> None:
@@ -127,6 +134,8 @@ class Engine:
         if n == len(seq.tokens):
             return
         del seq.tokens[n:]
+        if self.states is not None and n < seq.num_computed:
+            return self.release(seq)  # no state snapshot before n yet: recompute from the start
         self.kv.release(seq.table.truncate(-(-n // self.page_size)))
         del seq.hashes[n // self.page_size :]
         if n % self.page_size and seq.num_computed > n - n % self.page_size:
@@ -174,7 +183,8 @@ class Engine:
     def _reuse_prefix(self, seq: Sequence) -> tuple[dict[str, int], bool]:
         """A fresh sequence picks up its longest cached prefix of full pages from any tier;
         returns the pages served per tier and whether every full page came back."""
-        if not self.kv.prefix_caching or seq.num_computed or len(seq.table):
+        if (not self.kv.prefix_caching or seq.num_computed or len(seq.table)
+                or self.states is not None):  # hybrid: pages alone lack the linear state
             return {}, False
         n_full = len(seq.tokens) // self.page_size
         hashes = self._chain(seq.tokens, n_full)
@@ -231,6 +241,8 @@ class Engine:
         """With nothing pending and no logits kept, recompute the last token (its page copied)."""
         if seq.num_pending or seq.last_logits is not None or not seq.tokens:
             return
+        if self.states is not None:
+            return self.release(seq)  # the state before the last token is gone: start over
         last = seq.num_computed - 1
         del seq.hashes[last // self.page_size :]
         self._copy_on_write(seq, last // self.page_size)

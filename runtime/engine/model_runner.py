@@ -13,6 +13,7 @@ from runtime.engine.sequence import Sequence
 from runtime.forward_context import ForwardContext
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata
 from runtime.kernels.layer_ops import LayerOps, layer_ops
+from runtime.models.recurrent_state import SequenceStates
 
 
 @dataclass(slots=True)
@@ -38,7 +39,8 @@ class ModelRunner:
     def __init__(self, model: nn.Module, kv_views, backend: AttentionBackend, page_size: int,
                  device: torch.device, *, cuda_graphs: bool | None = None,
                  max_context: int | None = None,
-                 graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS, ops: LayerOps | None = None):
+                 graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS, ops: LayerOps | None = None,
+                 states: SequenceStates | None = None):
         self.model = model
         self.kv_views = kv_views
         self.backend = backend
@@ -47,8 +49,9 @@ class ModelRunner:
         self.ops = ops or layer_ops(self.device)
         if max_context is None:
             max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.states = states  # hybrid models: the linear layers' states (no graphs yet)
         if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and graph_safe(backend)
+            cuda_graphs = self.device.type == "cuda" and graph_safe(backend) and states is None
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and max_context:
             self.graphs = DecodeGraphs(model, kv_views, backend, page_size, self.device,
@@ -75,8 +78,10 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.accepts(work):
             return self._wanted(self.graphs.run(work, ids), work)
         host_ids, positions, meta = self._prepare(work, with_ids=ids is None)
+        states = None if self.states is None else self.states.bind(
+            [w.seq.seq_id for w in work], meta)
         hidden = self.model(host_ids if ids is None else ids, positions,
-                            ForwardContext(self.backend, self.kv_views, meta, self.ops))
+                            ForwardContext(self.backend, self.kv_views, meta, self.ops, states))
         ends = itertools.accumulate(meta.query_lens_cpu)
         rows = [end - 1 for end, w in zip(ends, work) if w.want_logits]
         if not rows:

@@ -44,10 +44,20 @@ class RecurrentStatePool:
         self._free = list(range(num_slots - 1, -1, -1))
 
     def alloc(self) -> int:
-        assert self._free, "no free recurrent-state slot"
+        """A zeroed slot; the pool doubles when every slot is taken."""
+        if not self._free:
+            self._grow(len(self.tokens))
         slot = self._free.pop()
         self.reset(slot)
         return slot
+
+    def _grow(self, n: int) -> None:
+        old = len(self.tokens)
+        for store in (self.conv, self.recurrent):
+            for layer, t in store.items():
+                store[layer] = torch.cat([t, t.new_zeros(n, *t.shape[1:])])
+        self.tokens += [0] * n
+        self._free = list(range(old + n - 1, old - 1, -1))
 
     def free(self, slot: int) -> None:
         self._free.append(slot)
@@ -107,3 +117,40 @@ class BoundStates:
         """After every layer ran: each slot now covers its sequence's tokens."""
         for slot, seq_len in zip(self.slots, self.meta.seq_lens_cpu, strict=True):
             self.pool.tokens[slot] = seq_len
+
+
+class SequenceStates:
+    """The engine's view: one slot per sequence id, taken at its first forward.
+
+    Until states are snapshotted with the pages, a sequence's state exists only for the tokens
+    it computed in this process: prefix reuse is off for hybrid models, and a rewind or a
+    recompute of the last token restarts the sequence from its first token (`restart`)."""
+
+    def __init__(self, pool: RecurrentStatePool):
+        self.pool = pool
+        self._slots: dict[int, int] = {}
+
+    @staticmethod
+    def for_model(model, device: torch.device) -> SequenceStates | None:
+        """States for a hybrid model (one with `new_state_pool`), None for the others."""
+        make = getattr(model, "new_state_pool", None)
+        return None if make is None else SequenceStates(make(4, device))
+
+    def slot(self, seq_id: int) -> int:
+        if seq_id not in self._slots:
+            self._slots[seq_id] = self.pool.alloc()
+        return self._slots[seq_id]
+
+    def bind(self, seq_ids: list[int], meta: AttentionMetadata) -> BoundStates:
+        return self.pool.bind([self.slot(i) for i in seq_ids], meta)
+
+    def fork(self, parent: int, child: int) -> None:
+        self.pool.copy(self.slot(parent), self.slot(child))
+
+    def restart(self, seq_id: int) -> None:
+        self.pool.reset(self.slot(seq_id))
+
+    def free(self, seq_id: int) -> None:
+        slot = self._slots.pop(seq_id, None)
+        if slot is not None:
+            self.pool.free(slot)

@@ -9,6 +9,7 @@ Files:
 - disk_tier.py: DiskTier, content-addressed page files: atomic writes, verified reads, LRU gc.
 - write_through.py: WriteThrough, the background thread making sealed pages durable on disk.
 - placement.py: Placement, moves between tiers: LRU eviction device -> host -> disk, staging.
+- state_snapshots.py: hybrid models' linear-layer states by page hash: host LRU and disk files.
 - kv_cache.py: TieredKVCache, the facade the engine uses (alloc, seal, acquire, release, flush).
 - cache_usage.py: cumulative page hit and miss counts across processes, for `agent cache stats`.
 - store/: the SQLite session store.

@@ -17,6 +17,7 @@ from memory.host_pool import HostPagePool
 from memory.kv_layout import KVLayout
 from memory.placement import OutOfPages, Placement
 from memory.prefix_index import PageEntry, PrefixIndex
+from memory.state_snapshots import StateSnapshotStore
 from memory.tail_store import TailStore
 from memory.write_through import WriteThrough
 
@@ -108,6 +109,8 @@ class TieredKVCache:
             self.writer = WriteThrough(self.disk, write_queue)
         # Partial last pages and last logits, so a resume recomputes nothing (tail_store.py).
         self.tails: TailStore | None = TailStore(self.disk, layout) if self.disk else None
+        # Hybrid models' linear-layer states at page boundaries (state_snapshots.py).
+        self.snapshots = StateSnapshotStore(self.disk)
         self._private: dict[int, int] = {}  # device page -> holders, for unsealed pages
         self.tiers = Placement(self.pool, self.host, self.index, self.disk, self.writer)
         # A CPU "device" is host memory: disk pages are read straight into it (tests may turn
@@ -313,6 +316,7 @@ class TieredKVCache:
         self.tiers.flush()
         if self.tails is not None:
             self.tails.flush()
+        self.snapshots.flush()
 
     def evict_all_to_host(self) -> None:
         """Move every unpinned device page down a tier (tests and benchmarks)."""
@@ -381,6 +385,7 @@ class TieredKVCache:
         self.flush()
         if self.tails is not None:
             self.tails.close()
+        self.snapshots.close()
         self.host.close()
         if self.writer is not None:
             self.writer.close()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from memory.device_pool import PagePoolExhausted
+from memory.state_snapshots import interval_for
 from runtime.engine.kv_pages import KVPages
 from runtime.engine.model_runner import ModelRunner, Work
 from runtime.engine.sampler import Sampler
@@ -85,6 +86,9 @@ class Engine:
         self.config = config
         # Hybrid models' linear-layer states, one slot per sequence (None for the others).
         self.states = SequenceStates.for_model(model, self.device)
+        store = getattr(kv, "snapshots", None)
+        if self.states is not None and store is not None and store.every_pages is None:
+            store.every_pages = interval_for(self.states.state_bytes(), kv.pool.layout.page_bytes)
         self.runner = ModelRunner(model, kv.pool.layer_views(), backend, self.page_size,
                                   self.device, max_context=max_context, states=self.states)
         self.scheduler = Scheduler(config.prefill_chunk, config.max_batch_tokens)
@@ -135,7 +139,9 @@ class Engine:
             return
         del seq.tokens[n:]
         if self.states is not None and n < seq.num_computed:
-            return self.release(seq)  # no state snapshot before n yet: recompute from the start
+            self.release(seq)  # back to the nearest state snapshot at or before n
+            self._reuse_prefix(seq)
+            return
         self.kv.release(seq.table.truncate(-(-n // self.page_size)))
         del seq.hashes[n // self.page_size :]
         if n % self.page_size and seq.num_computed > n - n % self.page_size:
@@ -183,9 +189,10 @@ class Engine:
     def _reuse_prefix(self, seq: Sequence) -> tuple[dict[str, int], bool]:
         """A fresh sequence picks up its longest cached prefix of full pages from any tier;
         returns the pages served per tier and whether every full page came back."""
-        if (not self.kv.prefix_caching or seq.num_computed or len(seq.table)
-                or self.states is not None):  # hybrid: pages alone lack the linear state
+        if not self.kv.prefix_caching or seq.num_computed or len(seq.table):
             return {}, False
+        if self.states is not None:  # hybrid: pages serve only up to a state snapshot
+            return self._resume_hybrid(seq, len(seq.tokens)), False
         n_full = len(seq.tokens) // self.page_size
         hashes = self._chain(seq.tokens, n_full)
         got = self.kv.acquire(hashes)
@@ -229,6 +236,37 @@ class Engine:
         prev = seq.hashes[n_full - 1] if n_full else None
         tails.save(prev, seq.tokens[n_full * self.page_size : seq.num_computed], kv, logits)
 
+    def _snapshot_state(self, seq: Sequence) -> None:
+        """Hybrid models: keep the linear states after a sealed page every k pages."""
+        store = getattr(self.kv, "snapshots", None)
+        n, p = seq.num_computed, self.page_size
+        if (self.states is None or store is None or n % p or len(seq.hashes) < n // p
+                or not store.wants(n // p)):
+            return
+        store.save(seq.hashes[n // p - 1], self.states.pool.snapshot(self.states.slot(seq.seq_id)))
+
+    def _resume_hybrid(self, seq: Sequence, limit: int) -> dict[str, int]:
+        """A fresh hybrid sequence takes the longest cached prefix of full pages (of at most
+        `limit` tokens) that ends in a state snapshot; later pages would be recomputed anyway,
+        their linear layers needing the state. Returns the pages served per tier."""
+        store = getattr(self.kv, "snapshots", None)
+        if store is None or self.states is None:
+            return {}
+        hashes = self._chain(seq.tokens, limit // self.page_size)
+        got = self.kv.acquire(hashes)
+        n, snap = len(got.pages), None
+        while n and snap is None:
+            snap = store.load(hashes[n - 1]) if store.wants(n) else None
+            n -= snap is None
+        self.kv.release(got.pages[n:])
+        if not n:
+            return {}
+        seq.table.append(got.pages[:n])
+        seq.hashes = hashes[:n]
+        seq.num_computed = n * self.page_size
+        self.states.pool.restore(self.states.slot(seq.seq_id), snap, seq.num_computed)
+        return got.by_tier if n == len(got.pages) else {"snapshot": n}
+
     def _chain(self, tokens: list[int], n_pages: int, prev: bytes | None = None,
                first: int = 0) -> list[bytes]:
         out, p = [], self.page_size
@@ -241,8 +279,11 @@ class Engine:
         """With nothing pending and no logits kept, recompute the last token (its page copied)."""
         if seq.num_pending or seq.last_logits is not None or not seq.tokens:
             return
-        if self.states is not None:
-            return self.release(seq)  # the state before the last token is gone: start over
+        if self.states is not None:  # the state before the last token: from a snapshot
+            self.release(seq)
+            if self.kv.prefix_caching:
+                self._resume_hybrid(seq, len(seq.tokens) - 1)
+            return
         last = seq.num_computed - 1
         del seq.hashes[last // self.page_size :]
         self._copy_on_write(seq, last // self.page_size)
@@ -281,6 +322,7 @@ class Engine:
             if w.want_logits:
                 w.seq.last_logits = logits[next(wanted)]
             self._seal_full_pages(w.seq)
+            self._snapshot_state(w.seq)
 
     def _ensure_pages(self, seq: Sequence, end: int) -> None:
         missing = -(-end // self.page_size) - len(seq.table)
@@ -378,6 +420,7 @@ class Engine:
                     req.seq.num_computed = len(req.seq.tokens)
                     req.seq.last_logits = logits[row]
                     self._seal_full_pages(req.seq)
+                    self._snapshot_state(req.seq)
             running = [r for r in running if not r.finished]
             if running:
                 tokens = self._sample_on_device(running)

@@ -122,9 +122,8 @@ class BoundStates:
 class SequenceStates:
     """The engine's view: one slot per sequence id, taken at its first forward.
 
-    Until states are snapshotted with the pages, a sequence's state exists only for the tokens
-    it computed in this process: prefix reuse is off for hybrid models, and a rewind or a
-    recompute of the last token restarts the sequence from its first token (`restart`)."""
+    The engine snapshots slots at page boundaries (memory/state_snapshots.py) and restores
+    them on reuse, rewind and resume; a fork copies its parent's slot."""
 
     def __init__(self, pool: RecurrentStatePool):
         self.pool = pool
@@ -135,6 +134,11 @@ class SequenceStates:
         """States for a hybrid model (one with `new_state_pool`), None for the others."""
         make = getattr(model, "new_state_pool", None)
         return None if make is None else SequenceStates(make(4, device))
+
+    def state_bytes(self) -> int:
+        """Bytes of one sequence's states (all linear layers)."""
+        return sum(t[0].numel() * t.element_size()
+                   for store in (self.pool.conv, self.pool.recurrent) for t in store.values())
 
     def slot(self, seq_id: int) -> int:
         if seq_id not in self._slots:

@@ -3,9 +3,10 @@ linear-layer state lives in a slot beside its pages.
 
 Greedy output through the engine (uneven prefill chunks, batched prefill and decode of
 sequences of different lengths) equals one sequence run alone through the model test runner
-(itself exact against transformers, tests/runtime/test_hybrid_models.py); fork, truncate,
-release and a tiered prefix cache (whose pages alone cannot resume a hybrid sequence yet)
-stay exact.
+(itself exact against transformers, tests/runtime/test_hybrid_models.py); fork, truncate and
+release stay exact. Over a tiered cache, state snapshots every k pages let reuse, rewind, fork
+and a new process resume at the nearest snapshot with identical greedy output; pages without
+a snapshot are not reused, and a corrupt snapshot file is recomputed.
 """
 
 from __future__ import annotations
@@ -94,14 +95,71 @@ def test_release_and_reuse_of_the_slot(loaded):
     assert generate(engine, b) == alone(loaded, PROMPTS[2])
 
 
-def test_tiered_cache_recomputes_rather_than_reuses_pages(loaded, tmp_path):
-    cfg = loaded.config
-    layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, PAGE, torch.float32)
-    kv = TieredKVCache(layout, 64, 64, b"h" * 32, disk_dir=tmp_path)
-    engine = make_engine(loaded, kv=kv)
+def test_pages_without_a_snapshot_are_not_reused(loaded, tmp_path):
+    engine = snapshot_engine(loaded, tmp_path, every=100)  # no page boundary gets one
     for _ in range(2):
         seq = engine.new_sequence()
         result = engine.extend(seq, PROMPTS[0])
         assert result.cached_tokens == 0
         assert generate(engine, seq) == alone(loaded, PROMPTS[0])
         engine.release(seq)
+    engine.kv.close()
+
+
+def snapshot_engine(loaded, disk, every=2, host_max=64):
+    """An engine over a tiered cache whose state snapshots are taken every `every` pages."""
+    cfg = loaded.config
+    layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, PAGE, torch.float32)
+    kv = TieredKVCache(layout, 64, 64, b"h" * 32, disk_dir=disk)
+    kv.snapshots.every_pages, kv.snapshots.host_max = every, host_max
+    return make_engine(loaded, kv=kv, chunk=PAGE)
+
+
+def test_reuse_resumes_from_the_nearest_snapshot(loaded, tmp_path):
+    engine = snapshot_engine(loaded, tmp_path)
+    prompt = PROMPTS[0]  # 37 tokens: 4 full pages, snapshots after pages 2 and 4
+    first = engine.new_sequence()
+    engine.extend(first, prompt)
+    assert generate(engine, first) == alone(loaded, prompt)
+    second = engine.new_sequence()
+    result = engine.extend(second, prompt)
+    assert result.cached_tokens == 4 * PAGE and result.computed_tokens == 37 - 4 * PAGE
+    assert generate(engine, second) == alone(loaded, prompt)
+
+
+def test_truncate_and_fork_restore_a_snapshot(loaded, tmp_path):
+    engine = snapshot_engine(loaded, tmp_path)
+    prompt = PROMPTS[0]
+    seq = engine.new_sequence()
+    engine.extend(seq, prompt)
+    generate(engine, seq, 5)
+    engine.truncate(seq, 30)  # the snapshot after page 2 (16 tokens); 14 tokens recomputed
+    assert seq.num_computed == 2 * PAGE
+    engine.extend(seq, prompt[30:])
+    child = engine.fork(seq)
+    assert generate(engine, seq) == alone(loaded, prompt)
+    assert generate(engine, child) == alone(loaded, prompt)
+
+
+def test_a_new_process_resumes_from_disk_and_a_corrupt_snapshot_is_recomputed(loaded, tmp_path):
+    prompt = PROMPTS[0]
+    engine = snapshot_engine(loaded, tmp_path)
+    seq = engine.new_sequence()
+    engine.extend(seq, prompt)
+    engine.kv.close()
+    files = sorted(tmp_path.rglob("*.state"))
+    assert len(files) == 2
+    fresh = snapshot_engine(loaded, tmp_path)  # nothing in memory: pages and states from disk
+    seq = fresh.new_sequence()
+    assert fresh.extend(seq, prompt).cached_tokens == 4 * PAGE
+    assert generate(fresh, seq) == alone(loaded, prompt)
+    fresh.kv.close()
+    for f in files:  # flip a byte of every snapshot's payload
+        data = bytearray(f.read_bytes())
+        data[-3] ^= 0xFF
+        f.write_bytes(bytes(data))
+    again = snapshot_engine(loaded, tmp_path)
+    seq = again.new_sequence()
+    assert again.extend(seq, prompt).cached_tokens == 0
+    assert generate(again, seq) == alone(loaded, prompt)
+    again.kv.close()

@@ -51,7 +51,8 @@ _CRC = struct.Struct("<I")
 _FATAL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 _SUFFIX = ".page"
 _TMP_SUFFIX = ".tmp"
-_KEPT = (_SUFFIX, ".tail")  # files the budget counts and gc may delete (pages and tails)
+_KEPT = (_SUFFIX, ".tail", ".state")  # what the budget counts and gc may delete (pages,
+# tails, hybrid models' state snapshots)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,3 +56,12 @@ def test_corrupt_or_misnamed_files_are_deleted(tmp_path):
     assert again.load(b"a" * 32) is None and not a.exists()
     assert again.load(b"b" * 32) is None and not b.exists()
     again.close()
+
+
+def test_snapshot_files_count_toward_the_disk_budget_and_gc(tmp_path):
+    s = store(tmp_path)
+    s.save(b"a" * 32, snap(1.0))
+    s.close()
+    assert s.disk.stats().bytes > 0
+    s.disk.gc(0)
+    assert not s.path(b"a" * 32).exists()

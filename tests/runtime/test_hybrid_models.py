@@ -46,14 +46,23 @@ def tiny_hybrid(cls_name: str, extra: dict):
         layer_types=LAYERS, bos_token_id=None, eos_token_id=None, pad_token_id=None,
         **LINEAR_DIMS, **extra,
     )  # fmt: skip
+    # Zero-centred norms (x * (1 + w)) except the DeltaNet output norm (x * w).
+    centre = lambda name: float("linear_attn.norm" in name)  # noqa: E731
+    return random_model(config, centre, ("A_log", "dt_bias"))
+
+
+def random_model(config, norm_centre, unit_params: tuple[str, ...]):
+    """The transformers model of `config` with seeded random weights: norms `norm_centre(name)`
+    plus N(0, 0.2) noise, the decay parameters `unit_params` uniform in (0, 1) (a real model's
+    range), the rest N(0, 0.2), large enough that greedy steps are no ties."""
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(0.2 * torch.randn_like(p) + (1.0 if "linear_attn.norm" in name else 0.0))
-            elif name.endswith(("A_log", "dt_bias")):
-                p.copy_(torch.rand_like(p))  # decays in (0, 1) of a real model's range
+                p.copy_(norm_centre(name) + 0.2 * torch.randn_like(p))
+            elif name.endswith(unit_params):
+                p.copy_(torch.rand_like(p))
             else:
                 p.normal_(0, 0.2)
     return model.eval()
@@ -158,17 +167,7 @@ def tiny_nemotron():
         chunk_size=32, layer_norm_epsilon=1e-5, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith(("A_log", "dt_bias", "D")):
-                p.copy_(torch.rand_like(p))
-            else:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return random_model(config, lambda name: 1.0, ("A_log", "dt_bias", "D"))
 
 
 @pytest.fixture(scope="module")

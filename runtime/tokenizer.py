@@ -23,6 +23,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from runtime.errors import CorruptModelFile, UnsupportedModel
+from runtime.tokenizer_pre import GPT2_SPLIT, PreTokenizerRule, gguf_pre_rule
 
 # Markers that end a turn in the chat templates we serve; stop tokens when special in the vocab.
 END_OF_TURN_TOKENS = (
@@ -36,56 +37,6 @@ END_OF_TURN_TOKENS = (
 )
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's tokenizer.ggml.token_type values
-
-# Pre-tokenizer split patterns by `tokenizer.ggml.pre`, as transformers maps them. Types not
-# listed (gpt2, smollm, ...) keep GPT-2's own byte-level regex.
-_LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN35 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_TEKKEN = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_GPT4O = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-GGUF_PRE_SPLITS: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "llama3",
-            "llama-v3",
-            "llama-bpe",
-            "falcon3",
-            "falcon-h1",
-            "pixtral",
-            "midm-2.0",
-            "lfm2",
-            "jina-v5-nano",
-            "dbrx",
-            "smaug-bpe",
-        ),
-        _LLAMA3,
-    ),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2),
-    "qwen35": _QWEN35,
-    "tekken": _TEKKEN,
-    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O),
-}
-
 
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what the runtime needs around it: bos, stop ids, template.
@@ -372,6 +323,7 @@ def _byte_level_backend(meta: dict[str, Any]) -> Backend:
         for i, t in enumerate(tokens)
     }
     merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    rule = gguf_pre_rule(meta.get("tokenizer.ggml.pre"))
     backend = Backend(
         models.BPE(
             vocab=vocab,
@@ -381,21 +333,24 @@ def _byte_level_backend(meta: dict[str, Any]) -> Backend:
             byte_fallback=False,
             continuing_subword_prefix="",
             end_of_word_suffix="",
+            ignore_merges=rule.ignore_merges,
         )
     )
-    split = GGUF_PRE_SPLITS.get(meta.get("tokenizer.ggml.pre", ""))
-    if split is None:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+    backend.pre_tokenizer = _byte_level_pre_tokenizer(rule)
     backend.decoder = decoders.ByteLevel()
     _add_gguf_specials(backend, meta, alphabet)
     return backend
+
+
+def _byte_level_pre_tokenizer(rule: PreTokenizerRule) -> pre_tokenizers.PreTokenizer:
+    """The rule's expressions as isolated splits, then the bytes spelled GPT-2's way."""
+    if rule.splits == (GPT2_SPLIT,):  # GPT-2's own expression: ByteLevel's built-in regex
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    steps: list[pre_tokenizers.PreTokenizer] = [
+        pre_tokenizers.Split(Regex(split), behavior="isolated") for split in rule.splits
+    ]
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    return pre_tokenizers.Sequence(steps)
 
 
 def _sentencepiece_backend(meta: dict[str, Any]) -> Backend:

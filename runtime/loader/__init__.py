@@ -5,7 +5,8 @@ Files:
 - hf.py: Hugging Face folders, one safetensors file or shards named by an index.
 - experts.py: MoE expert tensors (per expert, stacked, gpt-oss MXFP4) into stacked parameters.
 - mxfp4.py: MXFP4 (e2m1 + e8m0 block scales) dequantization.
-- gguf.py: GGUF files: header parsing, dequantization, llama.cpp names and q/k permutation undone.
+- gguf.py: GGUF files: header parsing, dequantization (or 4-bit linears kept packed), llama.cpp
+  names and q/k permutation undone.
 """
 
 from __future__ import annotations
@@ -21,24 +22,26 @@ from runtime.loader.hf import load_hf_folder
 
 
 def load_model(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    native: bool = False,
 ) -> LoadedModel:
     """Load the model at `path` (a HF folder or a .gguf file) with weights in `dtype` on `device`.
 
     Weights stream tensor by tensor into a model built on the meta device, so there is never a
-    second full copy in memory. Raises ModelNotFound, UnsupportedModel or CorruptModelFile, each
+    second full copy in memory. `native`: a GGUF's 4-bit linears stay packed on the CPU
+    (loader/gguf.py); a folder ignores it. Raises ModelNotFound, UnsupportedModel or CorruptModelFile, each
     with a one-line message naming the fix.
     """
     path = Path(path).expanduser()
     device = torch.device(device)
     if path.is_file():
-        return load_gguf(path, dtype, device)
+        return load_gguf(path, dtype, device, native)
     if path.is_dir():
         if (path / "config.json").is_file():
             return load_hf_folder(path, dtype, device)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return load_gguf(ggufs[0], dtype, device)
+            return load_gguf(ggufs[0], dtype, device, native)
         raise ModelNotFound(f"no config.json or single .gguf file in {path}; pass a model folder")
     raise ModelNotFound(
         f"model not found at {path}; run `agent models pull NAME` or pass a local path"

@@ -1,5 +1,5 @@
 """Load a GGUF file (llama, qwen2, qwen3, qwen3moe, gpt-oss): config from metadata, weights
-dequantized (MXFP4 experts included).
+dequantized (MXFP4 experts included), or on the CPU with `native` its Q4_0/Q4_1 linears packed.
 
 Each tensor is dequantized with `gguf.quants.dequantize` (the same code transformers uses, so the
 fp32 weights are identical), renamed to its Hugging Face name, un-permuted where llama.cpp's
@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from gguf.quants import dequantize
+from torch import nn
 
 from runtime.config import FULL, SLIDING, ModelConfig, RopeScaling
 from runtime.errors import CorruptModelFile, UnsupportedModel
+from runtime.kernels.cpu_quant import Int4Linear, can_pack
 from runtime.loader.common import (
     LoadedModel,
     assign_tensor,
@@ -69,8 +71,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
-    """Read a GGUF file into our model; raises UnsupportedModel / CorruptModelFile."""
+def load_gguf(path: Path, dtype: torch.dtype, device: torch.device,
+              native: bool = False) -> LoadedModel:
+    """Read a GGUF file into our model; raises UnsupportedModel / CorruptModelFile.
+
+    `native`: on the CPU, Q4_0/Q4_1 linears stay packed (runtime/kernels/cpu_quant.py) and
+    compute with `dtype` (fp32 or bf16) activations; every other tensor is dequantized."""
     gf = read_gguf(path)
     cfg = gguf_model_config(gf)
     model = build_on_meta(cfg)
@@ -80,16 +86,60 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedMod
     expected = parameter_names(model)
     check_unexpected([*unknown, *(hf for hf in names.values() if hf)], expected, set(), path)
     infos = [gf.tensors[name] for name in names]
-    work = lambda i: _dequantized(gf, i, _permuted_heads(i.name, cfg))  # noqa: E731
+    native = native and device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    packable = _packable_linears(model, gf, names) if native else set()
+
+    def work(info: TensorInfo) -> torch.Tensor | Int4Linear:
+        heads = _permuted_heads(info.name, cfg)
+        if info.name in packable:
+            return Int4Linear.from_blocks(_rows(gf, info, heads), info.qtype, dtype)
+        return _dequantized(gf, info, heads)
+
+    packed: dict[str, Int4Linear] = {}
     for info, weights in _prefetch(work, infos):
-        if not experts.take_gguf(info.name, lambda w=weights: w):
+        if isinstance(weights, Int4Linear):
+            packed[names[info.name].rpartition(".")[0]] = weights
+        elif not experts.take_gguf(info.name, lambda w=weights: w):
             assign_tensor(model, names[info.name], weights, dtype, device)
+    _install_packed(model, packed)
     experts.check_complete(path)
     check_complete(model, path)
     if ROPE_FREQS in gf.tensors:
         model.model.rotary.set_freq_factors(_dequantized(gf, gf.tensors[ROPE_FREQS]))
     eos = merge_ids(cfg.eos_token_ids, _token_ids(gf.metadata, ("eot", "eom")))
-    return LoadedModel(model, cfg, path, dtype, weights_id([path]), eos)
+    # Packed weights compute differently: their KV must never mix with the dequantized model's.
+    wid = weights_id([path]) + (":int4-native" if packed else "")
+    return LoadedModel(model, cfg, path, dtype, wid, eos)
+
+
+def _packable_linears(model: nn.Module, gf: GGUFFile, names: dict[str, str | None]) -> set[str]:
+    """GGUF names of the Linear weights that can stay packed (cpu_quant.can_pack)."""
+    out = set()
+    for name, hf in names.items():
+        info = gf.tensors[name]
+        if hf is None or not hf.endswith(".weight") or not can_pack(info.qtype, info.shape):
+            continue
+        if isinstance(model.get_submodule(hf.rpartition(".")[0]), nn.Linear):
+            out.add(name)
+    return out
+
+
+def _install_packed(model: nn.Module, packed: dict[str, Int4Linear]) -> None:
+    """Swap each Linear for its packed twin, keeping the bias the file gave it."""
+    for module_name, linear in packed.items():
+        parent_name, _, attr = module_name.rpartition(".")
+        old = model.get_submodule(module_name)
+        if old.bias is not None and not old.bias.is_meta:
+            linear.bias = old.bias.data.to(linear.dtype)
+        elif old.bias is not None:
+            continue  # its bias is missing: check_complete names it
+        setattr(model.get_submodule(parent_name), attr, linear)
+
+
+def _rows(gf: GGUFFile, info: TensorInfo, unpermute_heads: int) -> np.ndarray:
+    """A quantized tensor's raw bytes (rows, bytes per row), rows un-permuted when asked."""
+    raw = gf.raw(info)
+    return _unpermute(raw, unpermute_heads) if unpermute_heads else raw
 
 
 def hf_name(gguf_name: str, family: str = "llama") -> str | None:

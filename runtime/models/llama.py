@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from runtime.config import ModelConfig
 from runtime.forward_context import ForwardContext
+from runtime.kernels.cpu_quant import Int4Linear
 from runtime.kernels.layer_ops import LayerOps, layer_ops
 from runtime.rope import RotaryEmbedding
 
@@ -70,8 +71,10 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """Serve q, k and v from one matmul (fewer, larger GEMMs); after loading only."""
-        self.qkv_proj = _fused([self.q_proj, self.k_proj, self.v_proj])
-        del self.q_proj, self.k_proj, self.v_proj
+        fused = _fused([self.q_proj, self.k_proj, self.v_proj])
+        if fused is not None:
+            self.qkv_proj = fused
+            del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: ForwardContext) -> Tensor:
         t, hq, hkv, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
@@ -106,8 +109,10 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         """Serve gate and up from one matmul; after loading only."""
-        self.gate_up_proj = _fused([self.gate_proj, self.up_proj])
-        del self.gate_proj, self.up_proj
+        fused = _fused([self.gate_proj, self.up_proj])
+        if fused is not None:
+            self.gate_up_proj = fused
+            del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor, ops: LayerOps) -> Tensor:
         if self.gate_up_proj is None:
@@ -115,8 +120,12 @@ class MLP(nn.Module):
         return ops.gated_mlp(ops.linear(x, self.gate_up_proj), self.down_proj)
 
 
-def _fused(linears: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the concatenation of `linears`' outputs."""
+def _fused(linears: list[nn.Module]) -> nn.Module | None:
+    """One Linear whose output is the concatenation of `linears`' outputs; None where packed
+    CPU weights cannot be joined (runtime/kernels/cpu_quant.py), and then they stay apart."""
+    if any(isinstance(m, Int4Linear) for m in linears):
+        same = all(isinstance(m, Int4Linear) for m in linears)
+        return Int4Linear.cat(linears) if same else None
     w = torch.cat([m.weight.data for m in linears])
     bias = None if linears[0].bias is None else torch.cat([m.bias.data for m in linears])
     with torch.device("meta"):

@@ -1,10 +1,15 @@
-"""Our runtime versus `transformers` on the same weights and dtype, on this CPU.
+"""Our runtime on this CPU: weight formats side by side, and versus `transformers`.
 
-Measures decode tokens/s (batch 1, greedy) and the prefill time of a long prompt for the
-embedded default model, runs both side by side in one process, reports ratios, and compares
-decode with the memory-bandwidth bound (weight bytes read per token / measured bandwidth).
+Measures decode tokens/s (batch 1, greedy), the prefill time of a long prompt and the peak RSS
+for the embedded default model, and compares decode with the memory-bandwidth bound (weight
+bytes read per token / measured bandwidth).
 
     python bench/cpu_generate.py --dtype fp32 --out bench/results/cpu_generate.json
+    python bench/cpu_generate.py --compare native:fp32 native:bf16 fp32:fp32 bf16:bf16 --rounds 3
+
+`--compare WEIGHTS:DTYPE ...` runs each variant in its own process (its own peak RSS), the
+variants interleaved round by round, and reports min and median per variant. Without it, one
+process runs our runtime and transformers on the same dequantized weights.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,14 +126,84 @@ def weight_bytes(model) -> int:
                if "embed_tokens" not in name)
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def one_variant(args) -> dict:
+    """Decode and prefill of our runtime only, in this process (a --compare worker)."""
+    from runtime.local_model import LocalModel, RuntimeOptions
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = LocalModel.open(args.model, RuntimeOptions(dtype=args.dtype, weights=args.weights,
+                                                       device="cpu", prefix_cache=False))
+    load_s = time.perf_counter() - start
+    vocab = model.config.vocab_size
+    short = torch.randint(100, vocab - 100, (64,)).tolist()
+    long = torch.randint(100, vocab - 100, (args.prefill_tokens,)).tolist()
+    ours_decode(model, short, 8)  # warm up
+    return {
+        "load_s": load_s,
+        "decode_tok_s": ours_decode(model, short, args.decode_tokens),
+        "prefill_s": ours_prefill(model, long),
+        "peak_rss_mb": peak_rss_mb(),
+        "weight_mb": weight_bytes(model) / 1e6,
+    }
+
+
+def compare(args) -> dict:
+    """Each variant in a fresh process, interleaved over rounds; min/median of each number."""
+    runs: dict[str, list[dict]] = {v: [] for v in args.compare}
+    for _ in range(args.rounds):
+        for variant in args.compare:
+            weights, _, dtype = variant.partition(":")
+            cmd = [sys.executable, __file__, "--worker", "--weights", weights,
+                   "--dtype", dtype or "fp32", "--decode-tokens", str(args.decode_tokens),
+                   "--prefill-tokens", str(args.prefill_tokens)]
+            if args.model:
+                cmd += ["--model", args.model]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    summary = {}
+    for variant, rows in runs.items():
+        summary[variant] = {
+            f"{key}_{stat}": round(fn(r[key] for r in rows), 3)
+            for key in rows[0] for stat, fn in (("min", min), ("median", _median))
+        }
+    return {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "rounds": args.rounds,
+            "load_average": list(map(float, Path("/proc/loadavg").read_text().split()[:3])),
+            "variants": summary}
+
+
+def _median(values) -> float:
+    return statistics.median(list(values))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--weights", default=None, choices=["native", "fp32", "bf16"])
+    ap.add_argument("--compare", nargs="+", metavar="WEIGHTS:DTYPE",
+                    help="variants to run side by side, e.g. native:fp32 bf16:bf16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--prefill-tokens", type=int, default=4096)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(one_variant(args)))
+        return
+    if args.compare:
+        result = compare(args)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return
 
     from runtime.local_model import LocalModel, RuntimeOptions
 

@@ -54,6 +54,7 @@ class RuntimeOptions:
     """How to serve a model; None means the device's default."""
 
     dtype: str | None = None  # fp32 | bf16 | fp16
+    weights: str | None = None  # native (a GGUF's 4-bit linears packed, CPU) | fp32 | bf16
     kv_dtype: str | None = None  # fp32 | bf16 | fp16 | fp8; default: the weights' dtype
     device: str | None = None  # cpu | cuda | cuda:N
     page_size: int | None = None
@@ -116,9 +117,11 @@ class LocalModel:
         spec = spec or settings.default_model()
         path = resolve_model(spec, progress=options.progress)
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = DTYPES[options.dtype or _default_dtype(device)]
+        native = (options.weights or default_weights(device)) == "native"
+        dequantized = None if native else options.weights
+        dtype = DTYPES[options.dtype or dequantized or _default_dtype(device)]
         settings.export_triton_cache_dir()
-        loaded = _load(path, dtype, device)
+        loaded = _load(path, dtype, device, native)
         loaded.model.fuse_projections()
         if device.type == "cpu":
             use_onednn(loaded.model)
@@ -146,7 +149,7 @@ class LocalModel:
                    load_s, fingerprint.hex(), plan, warmup_s)
 
 
-def _load(path: Path, dtype: torch.dtype, device: torch.device):
+def _load(path: Path, dtype: torch.dtype, device: torch.device, native: bool = False):
     """load_model, with a model too large for the device as one line, checked before loading
     where the files tell the size (safetensors) and caught during the load otherwise."""
     if device.type == "cuda":
@@ -157,7 +160,7 @@ def _load(path: Path, dtype: torch.dtype, device: torch.device):
                               f"{device} has {gb(free)} free of {gb(total)}; use a smaller "
                               "model or a GPU with more memory")
     try:
-        return load_model(path, dtype=dtype, device=device)
+        return load_model(path, dtype=dtype, device=device, native=native)
     except torch.OutOfMemoryError as e:
         raise OutOfMemory(f"the model's weights do not fit {device} in {_dtype_name(dtype)} "
                           f"({str(e).splitlines()[0]}); use a smaller model") from e
@@ -188,6 +191,14 @@ def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backe
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+WEIGHTS = ("native", "fp32", "bf16")
+
+
+def default_weights(device: torch.device) -> str:
+    """How a GGUF's quantized weights are served when not asked: dequantized to the dtype."""
+    return "fp32" if device.type == "cpu" else "bf16"
 
 
 def _default_dtype(device: torch.device) -> str:

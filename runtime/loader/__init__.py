@@ -29,8 +29,8 @@ def load_model(
 
     Weights stream tensor by tensor into a model built on the meta device, so there is never a
     second full copy in memory. `native`: a GGUF's 4-bit linears stay packed on the CPU
-    (loader/gguf.py); a folder ignores it. Raises ModelNotFound, UnsupportedModel or CorruptModelFile, each
-    with a one-line message naming the fix.
+    (loader/gguf.py); a folder ignores it. Raises ModelNotFound, UnsupportedModel or
+    CorruptModelFile, each with a one-line message naming the fix.
     """
     path = Path(path).expanduser()
     device = torch.device(device)

@@ -6,6 +6,7 @@ Files:
 - settings.py: the one module reading AGENT_* variables; flags > env > config.toml > defaults.
 - model_cache.py: resolving and pulling models (the embedded SmolLM2, HF ids, local paths).
 - tokenizer.py: Tokenizer over `tokenizers`, from HF folders or GGUF metadata.
+- tokenizer_pre.py: llama.cpp's GGUF pre-tokenizer table (`tokenizer.ggml.pre` -> split rules).
 - chat_template.py: ChatTemplate, jinja2 under transformers' conventions; render_delta.
 - detokenizer.py: StreamDecoder, streaming text that never splits a UTF-8 character.
 - constraints.py: llguidance tool-call constraints (Hermes calls held to their JSON schemas).

@@ -5,6 +5,7 @@ Files:
 - torch_ref.py: the reference backend (gather pages, then SDPA; windows, sinks); CPU and tests.
 - layer_ops.py: LayerOps (norm-add, rope, linear/GEMV, SiLU-mul, MoE) per device, OpsOptions.
 - triton_ops.py: TritonOps, the CUDA layer ops over the Triton kernels below.
+- cpu_quant.py: Int4Linear, GGUF Q4_0/Q4_1 weights packed for torch's CPU int4 kernel.
 - torch_moe.py: expert activations and the routed expert sum in torch (gather or sorted).
 - torch_linear_attn.py: linear attention in torch: causal conv, gated delta rule (chunk, step).
 - torch_mamba2.py: the Mamba-2 selective scan (SSD) in torch: chunked and recurrent step.

@@ -18,6 +18,7 @@ from runtime.rope import RotaryEmbedding
 
 GRAPH_ROWS = 32  # the largest decode batch captured (cuda_graphs.DEFAULT_BUCKETS)
 MIN_MARGIN = 1 << 30
+_FOLLOW_UP = 37  # tokens of the warm-up's short queries: odd, so no size class is shared
 MARGIN_FRACTION = 0.02  # of the card: allocator fragmentation, cuBLAS workspaces, NCCL later
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -35,21 +36,39 @@ def profile_reserve(model: nn.Module, layout: KVLayout, chunk: int, backend,
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
-    pages = -(-chunk // layout.page_size)
+    pages = -(-(2 * chunk + _FOLLOW_UP) // layout.page_size)
     pool = DevicePagePool(layout, pages, device)
     torch.cuda.reset_peak_memory_stats(device)
     runner = ModelRunner(model, pool.layer_views(), backend, layout.page_size, device,
                          cuda_graphs=False)
-    seq = Sequence(table=BlockTable(device), tokens=[i % 1000 for i in range(chunk)])
+    tokens = [i % 1000 for i in range(2 * chunk + _FOLLOW_UP)]
+    seq = Sequence(table=BlockTable(device), tokens=tokens)
     seq.table.append(list(range(pages)))
     runner.run([Work(seq, 0, chunk, True)])
     torch.cuda.synchronize(device)
     pool_bytes = pool.data.numel() * pool.data.element_size()  # the pool is not activation
     peak = max(torch.cuda.max_memory_allocated(device) - base - pool_bytes, 0)
+    compile_other_shapes(runner, seq, chunk)
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        dtype = next(model.parameters()).dtype
+        backend.compile_variants(cfg.num_heads, cfg.head_dim, dtype, device)
     del runner, pool, seq
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     return peak + graph_reserve(model) + max(MIN_MARGIN, int(total * MARGIN_FRACTION))
+
+
+def compile_other_shapes(runner: ModelRunner, seq: Sequence, chunk: int) -> None:
+    """Run the kernel variants a session meets besides a first chunk, so no turn waits for
+    Triton to compile one (a first turn's last chunk waited 3.9 s on the H200): a chunk over a
+    prefix, a short query over two chunks of keys (split keys: a next turn, a prompt's last
+    chunk) and a short first chunk of odd length (a short prompt)."""
+    runner.run([Work(seq, chunk, 2 * chunk, False)])
+    runner.run([Work(seq, 2 * chunk, 2 * chunk + _FOLLOW_UP, True)])
+    short = Sequence(table=seq.table, tokens=seq.tokens[:_FOLLOW_UP])
+    runner.run([Work(short, 0, _FOLLOW_UP, True)])
+    torch.cuda.synchronize()
 
 
 def graph_reserve(model: nn.Module) -> int:

@@ -101,6 +101,11 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:
         """Causal attention of each sequence's queries over its keys (the last `window` only)."""
 
+    def compile_variants(self, num_heads: int, head_dim: int, dtype: torch.dtype,
+                         device: torch.device) -> None:
+        """Compile at start-up what running chunks does not reach (nothing by default)."""
+        return None
+
 
 # name -> "module:Class"; imported lazily so a missing optional library fails only when chosen.
 _BACKENDS: dict[str, str] = {

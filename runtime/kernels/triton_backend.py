@@ -6,7 +6,7 @@ import torch
 
 from runtime.kernels.backend import AttentionBackend, AttentionMetadata, refuse_variants
 from runtime.kernels.fp8_kv import is_fp8
-from runtime.kernels.triton_decode import DecodeConfig, decode_attention
+from runtime.kernels.triton_decode import DecodeConfig, compile_merges, decode_attention
 from runtime.kernels.triton_extend import ExtendConfig, extend_attention
 from runtime.kernels.triton_fp8 import store_kv_fp8
 from runtime.kernels.triton_store import store_kv
@@ -35,6 +35,10 @@ class TritonBackend(AttentionBackend):
         self.extend_config = extend_config
         self.decode_config = decode_config
         self.pdl = pdl  # programmatic dependent launch; LayerOps' `pdl` option sets it
+
+    def compile_variants(self, num_heads: int, head_dim: int, dtype: torch.dtype,
+                         device: torch.device) -> None:
+        compile_merges(num_heads, head_dim, dtype, device)
 
     def store_kv(self, k_cache, v_cache, k, v, meta: AttentionMetadata) -> None:
         if is_fp8(k_cache):

@@ -182,7 +182,7 @@ def _decode_kernel(
         tl.store(LP + b.to(tl.int64) * stride_lpt + head * stride_lph + split, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lpt", "stride_lph", "num_splits"])
 def _merge_kernel(
     OP, LP, Out, SEQ_LENS,
     stride_opt, stride_oph, stride_ops, stride_lpt, stride_lph, stride_ot, stride_oh,
@@ -221,6 +221,17 @@ def _merge_kernel(
         m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
     tl.store(Out + t * stride_ot + h * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=d_ok)
+
+
+def compile_merges(num_heads: int, head_dim: int, dtype: torch.dtype,
+                   device: torch.device) -> None:
+    """Compile the extend path's merge for every split count class it may meet (its block of
+    splits is a compile-time size), so no turn waits for one."""
+    for s in (2, 4, 8, 16, 32, 64):
+        partial = torch.zeros((1, num_heads, s, head_dim), dtype=torch.float32, device=device)
+        lse = torch.zeros((1, num_heads, s), dtype=torch.float32, device=device)
+        merge_splits(partial, lse, torch.empty((1, num_heads, head_dim), dtype=dtype,
+                                               device=device))
 
 
 def merge_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,

@@ -54,7 +54,7 @@ def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out, res_out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tokens"])
 def _rope_kernel(x_ptr, cos_ptr, sin_ptr, n_tokens, stride_t, stride_h, half, cs_stride,
                  BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     wait_and_release(PDL)

@@ -9,7 +9,7 @@ import triton.language as tl
 from runtime.kernels.pdl import pdl_enabled, wait_and_release
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def _store_kv_kernel(
     K, V, KC, VC, SLOTS, num_tokens,
     stride_kt, stride_kh, stride_vt, stride_vh,

@@ -163,6 +163,7 @@ def main() -> None:
         row.update(next_turn(model, env, work, first["usage"]["context_tokens"]))
         results.append(row)
         print(json.dumps(summary(row)), flush=True)
+        shutil.rmtree(work / "cache")  # its pages: the next size needs the disk
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

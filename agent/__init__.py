@@ -12,6 +12,7 @@ Files:
 - repo_files.py: listing and classifying files, reading them without following links.
 - repo_listing.py: the snapshot's list of files left out, summarised to fit its budget.
 - external_changes.py: files changed outside the agent, appended as notes with the diff.
+- line_mutations.py: likely one-place repairs of a line of code, for weak models' edits.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
 - harmony.py: gpt-oss's harmony messages: channels, the final text, functions.NAME calls.
 - workspace.py: the sandbox: paths outside the repository, `.git/` and hook writes refused;

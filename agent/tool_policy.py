@@ -11,7 +11,8 @@ under the constrained grammar, one reply per step, up to the loop's step limit:
 
 An edit task is one whose prompt asks for a change ("fix", "rename", ...). Its edit is held to
 what can succeed: the path is a file the turn has read, `old_string` one of that file's lines
-(unique in it, indentation left out so the edit keeps it), `new_string` one new line. When
+(unique in it, indentation left out so the edit keeps it), `new_string` one new line: one
+of the line's likely repairs (agent/line_mutations.py) while any is untried, else any line. When
 the repository has pytest tests they run before and after each edit (a shell call, asked for
 or refused like any other); the functions a failure points at, and the prompt's words, narrow
 the lines offered; an edit that leaves them failing is undone (a call the grammar spells out)
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.failing_tests import is_test_file, read_run, test_command
+from agent.line_mutations import repairs
 from agent.repo_files import is_plain_name, read_inside
 from agent.repo_order import definition_span, identifiers, task_files
 from agent.tool_calls import ToolCall
@@ -278,7 +280,8 @@ class ToolPolicy:
                                      *sorted(self.turn.tried)]))
         offered = [c for c in dict.fromkeys(line.strip() for line in self._focus(lines))
                    if len(c) >= 3 and text.count(c) == 1]
-        return [LineEdit(core, "", avoid) for core in offered][:MAX_EDIT_LINES]
+        return [LineEdit(core, "", avoid, tuple(repairs(core)))
+                for core in offered][:MAX_EDIT_LINES]
 
     def _focus(self, lines: list[str]) -> list[str]:
         t = self.turn

@@ -234,11 +234,14 @@ _JSON_CHAR = r'([^"\\\x00-\x1f]|\\["\\\x2fbft]|\\u[0-9a-fA-F]{4})'  # no \n: one
 class LineEdit:
     """One line a call may replace: `old` is the exact text replaced, `keep` the start of the
     replacement written as it is (e.g. context replaced along with the line), and the new
-    line may be none of `avoid` (the line itself; a small model also copies its neighbours)."""
+    line may be none of `avoid` (the line itself; a small model also copies its neighbours).
+    With `choices`, the new line is one of them (those not avoided; free text once none is
+    left): a weak model picks among likely repairs better than it writes one."""
 
     old: str
     keep: str
     avoid: tuple[str, ...]
+    choices: tuple[str, ...] = ()
 
 
 def line_edit_parameters(files: dict[str, list[LineEdit]], keys: tuple[str, str, str]
@@ -264,6 +267,11 @@ def _line_edit_rules(name: str, spec: dict[str, Any]) -> list[str]:
             fixed = f'{json.dumps(edit["old"])}, {json.dumps(new_key)}: "'
             fixed += json.dumps(edit["keep"])[1:-1]
             options.append(f'{json.dumps(fixed)} {lexeme} "\\""')
+            choices = [c for c in edit.get("choices", ()) if c not in edit["avoid"]]
+            if choices:
+                alternatives = "|".join(_regex_literal(json.dumps(c)[1:-1]) for c in choices)
+                rules.append(f"{lexeme}: /({alternatives})/")
+                continue
             avoid = "|".join(_regex_literal(json.dumps(a)[1:-1]) for a in edit["avoid"])
             most = min(_MAX_LINE, 2 * len(edit["old"]) + 40)  # a fix, not a new program
             rules.append(f"{lexeme}: /({_JSON_CHAR}){{0,{most}}}/ & ~/({avoid})/")

@@ -297,3 +297,23 @@ def test_text_only_never_spells_a_call(smollm2_gguf):
     assert c.allowed(tok.vocab_size)[2]
     fresh = text_only_constraint(tok, [2])
     assert not fresh.allowed(tok.vocab_size)[tok.token_to_id("<")]  # no markup first
+
+
+def test_a_line_edit_with_choices_takes_only_an_untried_choice():
+    tok = byte_tokenizer()
+    line = "return sum(v) / (len(v) - 1)"
+    edit = LineEdit(line, "", (line, "return sum(v) * (len(v) - 1)"),
+                    ("return sum(v) / len(v)", "return sum(v) * (len(v) - 1)"))
+    schema = edit_schema({"calc.py": [edit]})
+
+    def call(new_line: str) -> str:
+        return (EDIT_HEAD + '"calc.py", "old_string": "return sum(v) / (len(v) - 1)", '
+                f'"new_string": "{new_line}"' + "}}")
+
+    good = call("return sum(v) / len(v)")
+    c = tool_call_constraint(tok, [schema], required=True, end_ids=[END])
+    feed(tok, c, good + "\n</tool_call><|im_end|>")
+    assert c.finished()
+    for bad in ("return sum(v) * (len(v) - 1)", "return 0", "return sum(v) / len(v) + 0"):
+        c = tool_call_constraint(tok, [schema], required=True, end_ids=[END])
+        assert not accepts(tok, c, call(bad)), bad

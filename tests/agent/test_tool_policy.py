@@ -79,6 +79,7 @@ def test_fix_chain_reads_tests_edits_the_failing_line_then_answers(calc):
     offered = spec["files"]["calc.py"]
     assert [e["old"] for e in offered] == ["return sum(values) / (len(values) - 1)"]
     assert "return a + b" in offered[0]["avoid"]  # no copy of another line
+    assert "return sum(values) / len(values)" in offered[0]["choices"]  # likely repairs first
     policy.observe(call("edit", path="calc.py"), True)
 
     assert names(policy.choose(3, False)) == ["shell"]  # test the edit
@@ -202,6 +203,12 @@ def test_an_edit_the_tests_fail_is_undone_and_never_tried_again(calc):
     again = policy.choose(5, False)  # no test run: the tree is as the last run saw it
     offered = params(again)[LINE_EDITS]["files"]["calc.py"]
     assert [e["old"] for e in offered] == [old] and bad in offered[0]["avoid"]
+    tried = "return sum(values) // (len(values) - 1)"
+    policy.observe(call("edit", path="calc.py", old_string=old, new_string=tried), True)
+    policy.observe(call("shell", command=command), False, FAILED)
+    policy.observe(call("edit", path="calc.py", old_string=tried, new_string=old), True)
+    again = params(policy.choose(8, False))[LINE_EDITS]["files"]["calc.py"][0]
+    assert tried in again["avoid"] and tried in again["choices"]  # the grammar drops it
 
 
 def test_the_last_failed_try_is_undone_before_the_answer(calc):

@@ -317,8 +317,8 @@ def path_like_schema(schema: dict[str, Any]) -> dict[str, Any]:
     path = params.get("properties", {}).get("path")
     if path is None:
         return schema
-    return _with_params(schema, {"path": {**path, "pattern": _PATH_LIKE}},
-                        params.get("required", []))
+    props = {**params["properties"], "path": {**path, "pattern": _PATH_LIKE}}
+    return _with_params(schema, props, params.get("required", []))
 
 
 def _with_params(schema: dict[str, Any], props: dict[str, Any], required: list[str]

@@ -226,3 +226,19 @@ def test_the_last_failed_try_is_undone_before_the_answer(calc):
         assert undo["new_string"] == {"const": old}
         policy.observe(call("edit", path="calc.py", old_string=new, new_string=old), True)
     assert policy.choose(11, False).tool_choice == "none"
+
+
+def test_a_search_first_then_find_offers_calls_that_compile(calc):
+    from runtime.constraints import tool_call_constraint
+    from tests.runtime.test_constraints import END, byte_tokenizer
+
+    policy = ToolPolicy("chain", SCHEMAS, calc)
+    policy.start_turn("fix the wrong return value in calc.py")
+    policy.observe(call("grep", pattern="return"), False, "no matches")
+    policy.choose(1, False)  # the failed search is tried once more
+    policy.observe(call("grep", pattern="return"), False, "no matches")
+    find = policy.choose(2, False)
+    assert names(find) == ["read", "write"]
+    write = params(find, 1)
+    assert set(write["required"]) <= set(write["properties"])  # content was unsatisfiable
+    tool_call_constraint(byte_tokenizer(), find.schemas, required=True, end_ids=[END])

@@ -179,8 +179,9 @@ def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backe
         dev = DeviceMemory("cuda", total, free, weights, reserve)
     else:
         dev = DeviceMemory("cpu", 0, 0, weights, 0)
+    fp8 = None if layout.scaled else kv_layout_for(cfg, KV_DTYPES["fp8"], layout.page_size)
     plan = plan_memory(window, layout.page_size, layout.page_bytes, dev, budget,
-                       available_host_memory(), disk)
+                       available_host_memory(), disk, fp8.page_bytes if fp8 else None)
     if options.kv_pages or options.host_pages:
         plan = dataclasses.replace(plan, device_pages=options.kv_pages or plan.device_pages,
                                    host_pages=options.host_pages or plan.host_pages)

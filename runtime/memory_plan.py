@@ -103,9 +103,12 @@ class MemoryPlan:
 
 
 def plan_memory(window: int, page_size: int, page_bytes: int, dev: DeviceMemory,
-                budget: MemoryBudget, host_available: int, disk_bytes: int) -> MemoryPlan:
+                budget: MemoryBudget, host_available: int, disk_bytes: int,
+                fp8_page_bytes: int | None = None) -> MemoryPlan:
     """The plan for a model of `window` tokens; raises OutOfMemory when not even the asked
-    context (or one page) fits, with the numbers and the flag that changes them."""
+    context (or one page) fits, with the numbers and the flag that changes them.
+    `fp8_page_bytes`: a page's bytes with an fp8 KV cache, when the KV is not fp8 already
+    (a window that does not fit then says what `--kv-dtype fp8` would hold)."""
     notes: list[str] = []
     wanted = window
     if budget.max_context is not None:
@@ -129,19 +132,30 @@ def plan_memory(window: int, page_size: int, page_bytes: int, dev: DeviceMemory,
         raise OutOfMemory(_too_small(dev, budget, kv_budget))
     context = min(wanted, fits)
     if context < wanted:
+        fp8 = _fp8_offer(kv_budget, page_size, fp8_page_bytes, wanted)
         if budget.max_context is not None:
             raise OutOfMemory(
                 f"--max-context {wanted:,} needs {gb(wanted * per_token)} of KV "
                 f"({per_token / 1024:.0f} KiB a token) but {dev.kind} has {gb(kv_budget)} for KV "
                 f"after the weights ({gb(dev.weights)}); use --max-context {fits:,} or less "
-                "or raise --gpu-memory")
+                f"or raise --gpu-memory{fp8}")
         notes.append(f"context {context:,} tokens, not the model's {window:,}: its KV would need "
                      f"{gb(wanted * per_token)} and the device holds {gb(kv_budget)} for KV "
-                     "(--max-context sets it; --gpu-memory gives KV more of the card)")
+                     f"(--max-context sets it; --gpu-memory gives KV more of the card{fp8})")
     host_bytes = budget.host_memory if budget.host_memory is not None else host_available // 2
     host_pages = max(host_bytes // page_bytes, 1)
     return MemoryPlan(dev.kind, window, context, page_size, page_bytes, per_token, dev.weights,
                       dev.reserve, device_pages, host_pages, disk_bytes, tuple(notes))
+
+
+def _fp8_offer(kv_budget: int, page_size: int, fp8_page_bytes: int | None, wanted: int) -> str:
+    """The clause offering an fp8 KV cache, naming the context it would hold ('' if none)."""
+    if not fp8_page_bytes:
+        return ""
+    holds = min(wanted, max(kv_budget // fp8_page_bytes - SPARE_PAGES, 0) * page_size)
+    if holds < page_size:
+        return ""
+    return f"; --kv-dtype fp8 holds {holds:,} tokens"
 
 
 def _device_kv_budget(dev: DeviceMemory, budget: MemoryBudget) -> int:

@@ -52,6 +52,19 @@ def test_a_window_the_device_cannot_hold_shrinks_with_a_note():
     assert len(p.notes) == 1 and "--max-context" in p.notes[0] and "--gpu-memory" in p.notes[0]
 
 
+def test_a_window_bf16_cannot_hold_offers_fp8_in_the_same_line():
+    # Qwen3-Coder-30B-A3B on one H200: 48 layers x 4 KV heads x 128, 61 GB of weights.
+    page_bf16, page_fp8 = 48 * 2 * PAGE * 4 * 128 * 2, 48 * 2 * PAGE * 4 * (128 + 4)
+    dev = DeviceMemory("cuda", total=150 * GB, free=85 * GB, weights=61 * GB, reserve=4 * GB)
+    p = plan_memory(1_048_576, PAGE, page_bf16, dev, MemoryBudget(), 100 * GB, 50 * GB,
+                    fp8_page_bytes=page_fp8)
+    assert p.max_context < 1_000_000 and len(p.notes) == 1
+    holds = int(p.notes[0].split("--kv-dtype fp8 holds ")[1].split()[0].replace(",", ""))
+    fp8 = plan_memory(1_048_576, PAGE, page_fp8, dev, MemoryBudget(), 100 * GB, 50 * GB)
+    assert holds == fp8.max_context >= 1_000_000 and not fp8.notes
+    assert "fp8" not in plan(dev=dev, max_context=131072).notes  # it fits: no offer
+
+
 def test_an_explicit_context_that_cannot_fit_is_one_line_with_the_numbers():
     small = DeviceMemory("cuda", total=80 * GB, free=64 * GB, weights=15 * GB, reserve=4 * GB)
     with pytest.raises(OutOfMemory) as e:

@@ -1,4 +1,4 @@
-"""The agent: the loop, the context layout, tool-call parsing, tools, permissions, the CLI.
+"""The agent: the loop, the context layout, tool-call parsing, tools, permissions.
 
 Files:
 - events.py: the ops front ends submit and the events they receive (dataclasses).
@@ -22,5 +22,4 @@ Files:
 - checkpoint.py: worktree checkpoints per turn under a private ref namespace; restore, undo.
 - backends/: model backends (local runtime, OpenAI-compatible server, scripted).
 - tools/: the tools the model calls.
-- cli/: the `agent` command.
 """

@@ -67,7 +67,7 @@ def drop_caches() -> bool:
 
 def agent_cmd() -> list[str]:
     exe = shutil.which("agent")
-    return [exe] if exe else [sys.executable, "-m", "agent.cli"]
+    return [exe] if exe else [sys.executable, "-m", "cli"]
 
 
 def timed_stream(args: list[str], env: dict) -> dict:

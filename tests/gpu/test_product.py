@@ -39,7 +39,7 @@ def env(tmp_path) -> dict[str, str]:
 
 def agent(*args: str, env: dict, stdin: str | None = None, timeout: int = 900):
     exe = shutil.which("agent")
-    cmd = [exe] if exe else [sys.executable, "-m", "agent.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "cli"]
     return subprocess.run([*cmd, *args], env=env, input=stdin, capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 

@@ -153,9 +153,9 @@ def test_the_stored_copy_of_a_huge_output_is_capped(tmp_path: Path, jobs: JobTab
 
 
 def test_the_limit_and_environment_flags_reach_the_session_options():
-    from agent.cli import build_parser
-    from agent.cli.common import UsageError
-    from agent.cli.sandbox_flags import sandbox_options
+    from cli import build_parser
+    from cli.common import UsageError
+    from cli.sandbox_flags import sandbox_options
 
     parse = build_parser().parse_args
     options = sandbox_options(parse(["run", "x", "--pass-env", "MY_VAR", "--max-memory", "32G",

@@ -11,7 +11,7 @@ import pytest
 
 import agent.checkpoint as checkpoint
 from agent.checkpoint import REF_PREFIX, Checkpoints
-from agent.cli import main
+from cli import main
 from memory.store import SessionStore
 from tests.security.attack_repo import git, make_repo
 

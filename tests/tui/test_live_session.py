@@ -13,7 +13,7 @@ import pytest
 
 from agent.backends.base import GenParams
 from agent.backends.scripted import ScriptedBackend
-from agent.cli.tui import StoreCatalog
+from cli.tui import StoreCatalog
 from agent.loop import LoopConfig
 from agent.session import AgentSession, SessionOptions
 from memory.store import SessionStore

@@ -11,8 +11,8 @@ import argparse
 import re
 from typing import Any
 
-from agent.cli.cache import parse_size
-from agent.cli.common import UsageError
+from cli.cache import parse_size
+from cli.common import UsageError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

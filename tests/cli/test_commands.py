@@ -1,4 +1,4 @@
-"""The CLI's data commands and errors, in-process through `agent.cli.main` (no model loads)."""
+"""The CLI's data commands and errors, in-process through `cli.main` (no model loads)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from agent.checkpoint import Checkpoints
-from agent.cli import main
+from cli import main
 from memory.store import SessionStore
 
 

@@ -1,4 +1,7 @@
-"""The `agent` command: one parser, a module per subcommand.
+"""The `agent` command: the composition root above `tui/`, `agent/`, `runtime/` and `memory/`.
+
+One parser, a module per subcommand. Settings are resolved here once and handed down as
+arguments; nothing below imports this package.
 
 Files:
 - common.py: shared flags, output helpers, the error-to-exit-code policy.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import cache, common, generate, models, rewind, run, sessions, tui
+from cli import cache, common, generate, models, rewind, run, sessions, tui
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli.common import EXIT_OK, add_model_flags, apply_dirs, model_options, out, out_json
+from cli.common import EXIT_OK, add_model_flags, apply_dirs, model_options, out, out_json
 
 
 def register(sub) -> None:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from agent.checkpoint import delete_session_checkpoints
-from agent.cli.common import EXIT_OK, apply_dirs, out, out_json
-from agent.cli.run import add_session_flags, open_store
+from cli.common import EXIT_OK, apply_dirs, out, out_json
+from cli.run import add_session_flags, open_store
 
 
 def register(sub) -> None:

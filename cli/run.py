@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.cli.common import (
+from cli.common import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_TURN_LIMIT,
@@ -20,7 +20,7 @@ from agent.cli.common import (
     out,
     out_json,
 )
-from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from cli.sandbox_flags import add_sandbox_flags, sandbox_options
 
 MODES = ["read-only", "ask", "accept-edits", "auto"]
 
@@ -166,7 +166,7 @@ class Interrupts:
 
 
 def _consume(session, fmt: str) -> str:
-    from agent.cli.render import HeadlessRenderer
+    from cli.render import HeadlessRenderer
 
     renderer = HeadlessRenderer(session, fmt, out=out, out_json=out_json, err=err)
     return renderer.drain()

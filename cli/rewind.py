@@ -12,8 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
-from agent.cli.common import EXIT_OK, UsageError, apply_dirs, out
-from agent.cli.run import add_session_flags, open_store
+from cli.common import EXIT_OK, UsageError, apply_dirs, out
+from cli.run import add_session_flags, open_store
 
 
 def register(sub) -> None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
-from agent.cli.run import MODES, add_session_flags, open_store, resolve_resume
-from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
+from cli.run import MODES, add_session_flags, open_store, resolve_resume
+from cli.sandbox_flags import add_sandbox_flags, sandbox_options
 
 
 def register(sub) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from agent.cli.common import (
+from cli.common import (
     EXIT_OK,
     UsageError,
     add_model_flags,

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from agent.cli.common import EXIT_OK, UsageError, apply_dirs, out, out_json
+from cli.common import EXIT_OK, UsageError, apply_dirs, out, out_json
 
 
 def register(sub) -> None:

@@ -1,4 +1,12 @@
-"""Checkpoints of the whole worktree, one per turn, kept as git commits under a private ref.
+"""Checkpoints of the whole worktree, one per turn, kept as git commits in a private store.
+
+The store is a bare repository inside the user's git directory
+(`.git/resident-agent/checkpoints.git`) that borrows the repository's objects (an alternate):
+its refs `refs/checkpoints/<session>/<turn>` keep the checkpoints alive, and since they are not
+the repository's refs, `git log --all`, `git branch -a`, gc's reachability, fetch and push
+never see them. New blobs a checkpoint needs are written into the store, not the repository.
+Checkpoints an older agent kept as `refs/agent/checkpoints/...` in the repository itself are
+still listed, restored and deleted.
 
 `create` snapshots every tracked and untracked-but-not-ignored file under the checkpoints' root
 (the session's `--repo`, which may be a folder of a larger repository), whoever changed it (edit
@@ -8,8 +16,8 @@ their size to the repository every turn); restore leaves such files alone. It wo
 temporary index (`GIT_INDEX_FILE`): a copy of the user's index (so unchanged files are not hashed
 again, and tracked files that match .gitignore are kept), then `git add -A`, `git write-tree`,
 `git commit-tree` with HEAD (if any) as parent, and `git update-ref
-refs/agent/checkpoints/<session>/<turn>`. The user's index, HEAD, branches and stash are never
-written; the refs keep the objects alive until `delete`.
+refs/checkpoints/<session>/<turn>` in the store. The user's index, HEAD, branches, refs and stash
+are never written; the store's refs keep the objects alive until `delete`.
 
 `restore` first saves the worktree as the `undo` checkpoint (`undo()` goes back to it, and is
 itself undoable), then makes the worktree under the root match the checkpoint exactly:
@@ -35,7 +43,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REF_PREFIX = "refs/agent/checkpoints"
+REF_PREFIX = "refs/checkpoints"  # in the store
+LEGACY_PREFIX = "refs/agent/checkpoints"  # in the repository, before the store existed
+STORE_DIR = "resident-agent/checkpoints.git"  # under the repository's (common) git dir
 UNDO = "undo"
 MAX_UNTRACKED_FILE_BYTES = 4 * 1024 * 1024
 MAX_UNTRACKED_TOTAL_BYTES = 64 * 1024 * 1024
@@ -61,10 +71,18 @@ class Checkpoint:
     session: str
     turn: int | str  # a turn number, or UNDO for the state before the last restore
     commit: str
+    legacy: bool = False  # its ref is in the repository (an older agent made it)
 
     @property
     def ref(self) -> str:
-        return f"{REF_PREFIX}/{self.session}/{self.turn}"
+        return f"{LEGACY_PREFIX if self.legacy else REF_PREFIX}/{self.session}/{self.turn}"
+
+
+def in_git_repository(path: str | Path) -> bool:
+    """True when `path` is inside a git work tree (checkpoints and rewind need one)."""
+    done = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path,
+                          capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.strip() == "true"
 
 
 def delete_session_checkpoints(root: str | Path, session: str) -> int:
@@ -88,6 +106,7 @@ class Checkpoints:
         self.root = Path(self._toplevel(root))
         scope = Path(os.path.realpath(root)).relative_to(os.path.realpath(self.root))
         self.scope = scope.as_posix() if scope.parts else ""
+        self.store = self._open_store()
 
     def create(self, turn: int | str) -> Checkpoint:
         """Snapshot the worktree as the checkpoint of `turn` (replacing one of the same turn)."""
@@ -99,7 +118,7 @@ class Checkpoints:
         cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{turn}"]
         commit = self._git(*cmd, *(["-p", parent] if parent else []), env=_IDENTITY).strip()
         checkpoint = Checkpoint(self.session, turn, commit)
-        self._git("update-ref", checkpoint.ref, commit)
+        self._store_git("update-ref", checkpoint.ref, commit)
         return checkpoint
 
     def get(self, turn: int) -> Checkpoint:
@@ -110,17 +129,21 @@ class Checkpoints:
         raise CheckpointError(f"no checkpoint for turn {turn} in session {self.session}")
 
     def list(self) -> list[Checkpoint]:
-        """This session's checkpoints, oldest turn first."""
-        out = self._git(
-            "for-each-ref", "--format=%(refname) %(objectname)", f"{REF_PREFIX}/{self.session}/"
-        )
-        found = []
-        for line in out.splitlines():
-            ref, commit = line.split(" ")
-            turn = ref.rsplit("/", 1)[1]
-            if turn.isdigit():
-                found.append(Checkpoint(self.session, int(turn), commit))
-        return sorted(found, key=lambda c: c.turn)
+        """This session's checkpoints, oldest turn first (the store's over legacy ones)."""
+        found: dict[int, Checkpoint] = {}
+        for legacy in (True, False):
+            for turn, commit in self._refs(legacy):
+                if turn.isdigit():
+                    found[int(turn)] = Checkpoint(self.session, int(turn), commit, legacy)
+        return [found[t] for t in sorted(found)]
+
+    def _refs(self, legacy: bool) -> list[tuple[str, str]]:
+        """(last ref component, commit) of this session's refs in the store or the repository."""
+        prefix = f"{LEGACY_PREFIX if legacy else REF_PREFIX}/{self.session}/"
+        git = self._git if legacy else self._store_git
+        out = git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return [(ref.rsplit("/", 1)[1], commit)
+                for ref, commit in (line.split(" ") for line in out.splitlines())]
 
     def delete(self, turn: int | None = None, *, everything: bool = False) -> int:
         """Delete the checkpoint of `turn`, or all of the session's turns when None (and the
@@ -128,9 +151,10 @@ class Checkpoints:
         doomed = [c for c in self.list() if turn is None or c.turn == turn]
         if everything:
             doomed += [u for u in [self._undo_point()] if u is not None]
-        if doomed:
-            script = "".join(f"delete {c.ref}\n" for c in doomed)
-            self._git("update-ref", "--stdin", stdin=script)
+        for legacy, git in ((True, self._git), (False, self._store_git)):
+            script = "".join(f"delete {c.ref}\n" for c in doomed if c.legacy == legacy)
+            if script:
+                git("update-ref", "--stdin", stdin=script)
         return len(doomed)
 
     def restore(self, checkpoint: Checkpoint | int) -> list[str]:
@@ -165,12 +189,20 @@ class Checkpoints:
         parent = self._head()
         cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{UNDO}"]
         commit = self._git(*cmd, *(["-p", parent] if parent else []), env=_IDENTITY).strip()
-        self._git("update-ref", Checkpoint(self.session, UNDO, commit).ref, commit)
+        self._store_git("update-ref", Checkpoint(self.session, UNDO, commit).ref, commit)
+        legacy = self._legacy_undo_point()
+        if legacy is not None:  # the store's undo point replaces it
+            self._git("update-ref", "-d", legacy.ref)
 
     def _undo_point(self) -> Checkpoint | None:
-        ref = Checkpoint(self.session, UNDO, "").ref
-        done = self._run("rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
-        return Checkpoint(self.session, UNDO, done.stdout.strip()) if done.returncode == 0 else None
+        for turn, commit in self._refs(legacy=False):
+            if turn == UNDO:
+                return Checkpoint(self.session, UNDO, commit)
+        return self._legacy_undo_point()
+
+    def _legacy_undo_point(self) -> Checkpoint | None:
+        found = [c for t, c in self._refs(legacy=True) if t == UNDO]
+        return Checkpoint(self.session, UNDO, found[0], legacy=True) if found else None
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -249,6 +281,31 @@ class Checkpoints:
         done = self._run("rev-parse", "--verify", "-q", "HEAD^{commit}")
         return done.stdout.strip() if done.returncode == 0 else None
 
+    def _open_store(self) -> Path:
+        """The private store, made on first use: a bare repository of the same object format
+        whose alternate is the repository's object directory."""
+        common = Path(self._run_plain("rev-parse", "--path-format=absolute",
+                                      "--git-common-dir").strip())
+        store = common / STORE_DIR
+        alternates = store / "objects" / "info" / "alternates"
+        if not alternates.is_file():
+            fmt = self._run_plain("rev-parse", "--show-object-format").strip() or "sha1"
+            self._run_plain("init", "-q", "--bare", f"--object-format={fmt}", str(store))
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            alternates.write_text(str(common / "objects") + "\n")
+        return store
+
+    def _run_plain(self, *args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True)
+        if done.returncode != 0:
+            message = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise CheckpointError(f"git {args[0]} failed: {message}")
+        return done.stdout
+
+    def _store_git(self, *args: str, stdin: str | None = None) -> str:
+        """git on the store's refs (its objects include the repository's)."""
+        return self._git(f"--git-dir={self.store}", *args, stdin=stdin)
+
     def _toplevel(self, root: str | Path) -> str:
         done = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True
@@ -263,12 +320,16 @@ class Checkpoints:
         done = self._run(*args, env=env, stdin=stdin)
         if done.returncode != 0:
             message = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise CheckpointError(f"git {args[0]} failed: {message}")
+            command = next(a for a in args if not a.startswith("--"))
+            raise CheckpointError(f"git {command} failed: {message}")
         return done.stdout
 
     def _run(
         self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        # The store's object directory first: new objects go there, and every object of the
+        # repository is still found through the store's alternate.
+        objects = {"GIT_OBJECT_DIRECTORY": str(self.store / "objects")}
         return subprocess.run(
             ["git", *args],
             cwd=self.root,
@@ -276,5 +337,5 @@ class Checkpoints:
             capture_output=True,
             encoding="utf-8",
             errors="surrogateescape",
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **objects, **(env or {})},
         )

@@ -50,11 +50,13 @@ Op = UserInput | ApprovalDecision | Interrupt | Shutdown
 
 @dataclass(frozen=True)
 class Usage:
-    """Token accounting of one turn; cached tokens are split by the tier that served them."""
+    """Token accounting of one turn, named as the OpenAI-style peers name it: input tokens
+    appended to the context (served from cache, split by tier, or computed) and output tokens
+    generated. `cached_input_tokens` never exceeds `input_tokens`."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
     cached_by_tier: dict[str, int] = field(default_factory=dict)
     computed_tokens: int = 0
     context_tokens: int = 0  # the whole resident context after the turn
@@ -62,20 +64,32 @@ class Usage:
     decode_tok_s: float = 0.0
 
 
+# Usage as an older agent recorded it (read back from the store under the new names).
+_OLD_USAGE_NAMES = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens",
+                    "cached_tokens": "cached_input_tokens"}
+
+
 @dataclass(frozen=True)
 class SessionStarted:
+    """The session is open (`init` in the stream, always its first event for the session):
+    what runs, where, with which tools and permissions, in how large a window."""
+
     session_id: str
     model: str
     repo_root: str
     resumed: bool
     context_window: int
+    tools: list[str] = field(default_factory=list)
+    permission_mode: str = ""
+    plan: dict[str, Any] | None = None  # the memory plan, for the local runtime
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Long work: repository ingestion, KV restore, model load. total 0 = unknown."""
+    """Long work: the model download, repository ingestion, KV restore, a long prefill.
+    total 0 = unknown."""
 
-    kind: Literal["load", "ingest", "restore", "prefill"]
+    kind: Literal["download", "load", "ingest", "restore", "prefill"]
     done: int
     total: int
     unit: str = "tokens"
@@ -92,6 +106,18 @@ class TokenDelta:
     """Streamed assistant text (tool-call markup is not streamed as text)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class AssistantMessage:
+    """One model step's complete reply: its visible text and the tool calls it made
+    (`[{"id", "name", "arguments"}]`, the calls as parsed, malformed ones with an `error`)."""
+
+    turn: int
+    step: int
+    text: str
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,9 @@ class TurnFinished:
     status: Literal["done", "turn_limit", "interrupted", "context_full", "error"]
     text: str
     usage: Usage
+    steps: int = 0  # model calls the turn made
+    duration_ms: int = 0
+    time_to_first_token_ms: int | None = None  # first generated token of the turn, if any
 
 
 @dataclass(frozen=True)
@@ -188,12 +217,14 @@ class ApprovalGiven:
     rule: str | None = None
 
 
-Event = (SessionStarted | Progress | TurnStarted | TokenDelta | ToolCallStarted
-         | ToolCallFinished | ApprovalRequested | ApprovalGiven | Note | MessageAdded
-         | SnapshotTaken | TurnFinished | KVStats | Error)
+Event = (SessionStarted | Progress | TurnStarted | TokenDelta | AssistantMessage
+         | ToolCallStarted | ToolCallFinished | ApprovalRequested | ApprovalGiven | Note
+         | MessageAdded | SnapshotTaken | TurnFinished | KVStats | Error)
 
+# The `type` of each event in stream-json (docs/events.md) and its kind in the store.
 _TYPE_NAMES = {
-    SessionStarted: "session_started", Progress: "progress", TurnStarted: "turn_started",
+    SessionStarted: "init", AssistantMessage: "assistant", Progress: "progress",
+    TurnStarted: "turn_started",
     TokenDelta: "message_delta", ToolCallStarted: "tool_started", ToolCallFinished: "tool_finished",
     ApprovalRequested: "approval_requested", ApprovalGiven: "approval_given", Note: "note",
     MessageAdded: "message_added", TurnFinished: "turn_finished", KVStats: "kv_stats",
@@ -237,4 +268,5 @@ def event_from_json(kind: str, payload: dict[str, Any]) -> Event | None:
 
 def _usage(data: dict[str, Any]) -> Usage:
     names = {f.name for f in dataclasses.fields(Usage)}
+    data = {_OLD_USAGE_NAMES.get(k, k): v for k, v in data.items()}
     return Usage(**{k: v for k, v in data.items() if k in names})

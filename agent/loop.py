@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from agent.events import (
     ApprovalDecision,
     ApprovalGiven,
     ApprovalRequested,
+    AssistantMessage,
     Event,
     MessageAdded,
     Note,
@@ -63,16 +65,35 @@ class _TurnTally:
     completion: int = 0
     by_tier: dict[str, int] = field(default_factory=dict)
     decode_tok_s: float = 0.0
+    steps: int = 0
+    _estimate: int = 0  # input tokens counted since the last reply, before a server's count
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+    def usage(self, context_tokens: int, window: int) -> Usage:
+        return Usage(self.prompt, self.completion, self.cached, dict(self.by_tier),
+                     self.computed, context_tokens, window, round(self.decode_tok_s, 2))
+
+    def elapsed_ms(self, since: float | None = None) -> int:
+        return round(((since or time.perf_counter()) - self.started) * 1000)
 
     def add_server_usage(self, usage: dict[str, Any]) -> None:
-        """A remote server's own count of the prompt it served from its prefix cache."""
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        """A remote server's own count of the prompt it was sent (it replaces our estimate of
+        what was appended since the last reply) and of what its prefix cache served."""
+        prompt = usage.get("prompt_tokens") or 0
+        cached = min((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                     prompt)
+        if prompt:
+            self.prompt += prompt - self._estimate
+            self.computed += prompt - cached
+        self._estimate = 0
         if cached:
             self.cached += cached
             self.by_tier["server"] = self.by_tier.get("server", 0) + cached
 
     def add_append(self, r: AppendResult) -> None:
         self.prompt += r.new_tokens
+        self._estimate += r.new_tokens
         self.cached += r.cached_tokens
         self.computed += r.computed_tokens
         for tier, n in r.cached_by_tier.items():
@@ -121,10 +142,10 @@ class AgentLoop:
             self.conv.carried = None
         messages = (preamble or []) + [{"role": "user", "content": user_text}]
         status, text = self._steps(turn, messages, tally)
-        usage = Usage(tally.prompt, tally.completion, tally.cached, dict(tally.by_tier),
-                      tally.computed, self.conv.context_tokens, self.context_window,
-                      round(tally.decode_tok_s, 2))
-        finished = TurnFinished(turn, status, text, usage)
+        usage = tally.usage(self.conv.context_tokens, self.context_window)
+        first = None if tally.first_token is None else tally.elapsed_ms(tally.first_token)
+        finished = TurnFinished(turn, status, text, usage, tally.steps, tally.elapsed_ms(),
+                                first)
         self.emit(finished)
         return finished
 
@@ -140,7 +161,8 @@ class AgentLoop:
             if self.cancel.is_set():
                 return "interrupted", text
             try:
-                messages, text = self._step(turn, messages, tally, self._tool_choice(step))
+                messages, text = self._step(turn, step + 1, messages, tally,
+                                            self._tool_choice(step))
             except ContextFull as e:
                 return "context_full", context_full_advice(e)
             except AppendCancelled:
@@ -188,14 +210,17 @@ class AgentLoop:
     def _tool_choice(self, step: int) -> Choice:
         return self.policy.choose(step, self._repeating)
 
-    def _step(self, turn: int, messages: list[dict], tally: _TurnTally, choice: Choice
-              ) -> tuple[list[dict], str]:
+    def _step(self, turn: int, step: int, messages: list[dict], tally: _TurnTally,
+              choice: Choice) -> tuple[list[dict], str]:
         """Append messages, generate a reply, run its tool calls; return the tool messages."""
         self._append(turn, messages, tally)
         visible = _VisibleText()
         gen = dataclasses.replace(self.config.gen, tool_choice=choice.tool_choice,
                                   tools=choice.schemas)
+        tally.steps += 1
         for delta in self.conv.generate(gen, self.cancel):
+            if tally.first_token is None:
+                tally.first_token = time.perf_counter()
             shown = visible.push(delta)
             if shown:
                 self.emit(TokenDelta(shown))
@@ -210,9 +235,13 @@ class AgentLoop:
         self.emit(MessageAdded(turn, "assistant", reply.text))
         self.recorder.tokens(turn, "assistant", reply.ids, reply.text)
         if reply.finish_reason == "interrupted":
-            return [], parse_tool_calls(reply.text).text
+            text = parse_tool_calls(reply.text).text
+            self.emit(AssistantMessage(turn, step, text, [], reply.finish_reason))
+            return [], text
         parsed = parse_tool_calls(reply.text, first_id=self._call_ids + 1)
         self._call_ids += len(parsed.calls)
+        self.emit(AssistantMessage(turn, step, parsed.text, [_call_json(c) for c in parsed.calls],
+                                   reply.finish_reason))
         self._repeating = bool(parsed.calls) and _signature(parsed.calls) == self._last_calls
         self._last_calls = _signature(parsed.calls)
         return [self._dispatch(call) for call in parsed.calls], parsed.text
@@ -301,6 +330,11 @@ def _too_long(message: dict, e: ContextFull) -> dict:
     note = (f"[the output of this call did not fit in the context window ({room:,} tokens "
             "left); narrow it down, e.g. read a line range or grep for what you need]")
     return {**message, "content": note}
+
+
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    out = {"id": call.call_id, "name": call.name, "arguments": _jsonable(call.arguments)}
+    return {**out, "error": call.error} if call.error else out
 
 
 def _signature(calls: list[ToolCall]) -> str:

@@ -125,6 +125,7 @@ class AgentSession(QueuedHandle):
         self.turn = 0
         self.last_status = ""
         self._locked = False
+        self._announced = False
         self._stopping = False
         self._pending: list[UserInput] = []
         self.loop: AgentLoop | None = None
@@ -144,6 +145,11 @@ class AgentSession(QueuedHandle):
         `agent run`). Takes no queue lock, so a signal handler may call it."""
         self._stopping = True
         self.ctx.cancel.set()
+
+    @property
+    def stopping(self) -> bool:
+        """`stop` was called: no further turn will start."""
+        return self._stopping
 
     def _emit(self, event: Event) -> None:
         if self.session_id and isinstance(event, RECORDED):
@@ -250,9 +256,6 @@ class AgentSession(QueuedHandle):
         self.watcher = ExternalChanges(self.workspace.root, self.session_id or "unsaved",
                                        read_policy=self.permissions)
         self.watcher.start(resumed=restore is not None)
-        self._events.put(SessionStarted(self.session_id, self.backend.name,
-                                        str(self.workspace.root), restore is not None,
-                                        self.backend.context_window))
         if restore is not None and self.options.replay_history:
             for event in replay(self._recorded()):
                 self._events.put(event)
@@ -263,6 +266,7 @@ class AgentSession(QueuedHandle):
                                              self.backend.fingerprint, self.options.title)
             self.session_id = self.loop.recorder.session_id = info.id
             self._locked = True
+        self._announce(resumed=False)
         snapshot = self._snapshot(schemas)
         for entry in snapshot.whole():  # the model has seen these: edits need no re-read
             path = self.workspace.root / entry.path
@@ -304,6 +308,7 @@ class AgentSession(QueuedHandle):
         self.session_id = info.id
         self.store.acquire_lock(info.id)
         self._locked = True
+        self._announce(resumed=True)
         if info.status == "crashed":
             self.store.set_status(info.id, "crashed")
             self._events.put(Note("the last run of this session ended without closing it "
@@ -318,6 +323,18 @@ class AgentSession(QueuedHandle):
             return None
         self._events.put(Progress("restore", 0, len(state["tokens"]), "tokens"))
         return state
+
+    def _announce(self, resumed: bool) -> None:
+        """SessionStarted, once, as soon as the session has its id: before the repository is
+        read or the KV restored, so every later event belongs to a known session."""
+        if self._announced:
+            return
+        self._announced = True
+        self._events.put(SessionStarted(self.session_id, self.backend.name,
+                                        str(self.workspace.root), resumed,
+                                        self.backend.context_window,
+                                        [t.name for t in self.tools],
+                                        self.permissions.mode, self.backend.memory_plan()))
 
     def _recorded(self):
         return recorded(self.store.events(self.session_id))

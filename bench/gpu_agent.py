@@ -156,7 +156,7 @@ def main() -> None:
         first = timed_stream([*common, "Summarise the repository."], env)
         dropped = drop_caches()  # the resume reads the disk, not the page cache
         resume = timed_stream([*common, "--continue", "And in one word?"], env)
-        raw = raw_prefill(model, first["usage"]["prompt_tokens"], env)
+        raw = raw_prefill(model, first["usage"]["input_tokens"], env)
         row = {"size": size, "first": first, "resume": resume, "raw": raw,
                "page_cache_dropped": dropped}
         drop_caches()
@@ -188,7 +188,7 @@ def next_turn(model: Path, env: dict, work: Path, context: int) -> dict:
 def summary(row: dict) -> dict:
     f, r, raw = row["first"], row["resume"], row["raw"]
     m = f["marks"]
-    tokens = f["usage"]["prompt_tokens"]
+    tokens = f["usage"]["input_tokens"]
     # Chunk progress arrives after each chunk: extrapolate the first chunk from the others.
     done0, total = m.get("ingest_first_done", 0), m.get("ingest_total", 0)
     span = m.get("ingest_last", 0) - m.get("ingest_first", 0)
@@ -198,11 +198,11 @@ def summary(row: dict) -> dict:
         "first_turn_ingest_s": round(ingest, 2),
         "raw_prefill_s": raw["prefill_s"],
         "ingest_over_raw": round(ingest / raw["prefill_s"], 3) if raw["prefill_s"] else None,
-        "first_session_started_s": round(f["marks"]["session_started"], 2),
+        "first_session_started_s": round(f["marks"]["init"], 2),
         "first_turn_first_token_s": round(m.get("message_delta", m["exit"]), 2),
         "resume_first_token_s": round(r["marks"].get("message_delta", r["marks"]["exit"]), 2),
-        "resume_session_started_s": round(r["marks"]["session_started"], 2),
-        "resume_cached": r["usage"]["cached_tokens"] if r["usage"] else None,
+        "resume_session_started_s": round(r["marks"]["init"], 2),
+        "resume_cached": r["usage"]["cached_input_tokens"] if r["usage"] else None,
         "resume_computed": r["usage"]["computed_tokens"] if r["usage"] else None,
         "decode_tok_s": f["usage"].get("decode_tok_s"),
         "next_turn": {k: row.get(k) for k in ("restore_s", "next_turn_ttft_s", "next_turn")},

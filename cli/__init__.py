@@ -23,27 +23,49 @@ import sys
 
 from cli import cache, common, generate, models, rewind, run, sessions, tui
 
+GLOBAL_FLAGS = ("--debug",)  # accepted anywhere on the line
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         prog="agent",
         description="A coding agent that serves its own model and keeps the whole repository "
-        "and conversation resident in its KV cache.",
+        "and conversation resident in its KV cache. `agent` alone opens the app.",
+        epilog="Exit codes: 0 done, 1 error, 2 usage, 3 a limit, 130 interrupted.",
     )
+    common.add_debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (tui, run, sessions, rewind, generate, models, cache):
         module.register(sub)
+    for p in _all_parsers(parser)[1:]:
+        common.add_debug_flag(p)
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_parsers(child)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = ["tui", *argv]  # `agent` alone (or with only flags) opens the app
-    args = parser.parse_args(argv)
+    lead = [a for a in argv[:_first_other(argv)]]
+    rest = argv[len(lead):]
+    if not rest or rest[0].startswith("-") and rest[0] not in ("-h", "--help"):
+        rest = ["tui", *rest]  # `agent` alone (or with only flags) opens the app
+    args = parser.parse_args([*lead, *rest])
     return common.run_command(args.func, args)
+
+
+def _first_other(argv: list[str]) -> int:
+    """Index of the first argument that is not a global flag."""
+    return next((i for i, a in enumerate(argv) if a not in GLOBAL_FLAGS), len(argv))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,27 @@ from pathlib import Path
 
 from cli.common import EXIT_OK, UsageError, apply_dirs, out, out_json
 
+CACHE_DIR_HELP = ("models and KV pages live here (default: AGENT_CACHE_DIR, the config file, "
+                  "the platform's cache dir)")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("cache", help="inspect or trim the KV cache on disk")
-    p.add_argument("--cache-dir", default=None, help="KV pages live here (env AGENT_CACHE_DIR)")
+    p = sub.add_parser("cache", help="inspect or trim the KV cache on disk",
+                       description="The KV pages on disk, shared by every session and model "
+                       "(each model's pages under its fingerprint).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     st = actions.add_parser("stats", help="pages and bytes per model, hit rates")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=run_stats)
     gc = actions.add_parser("gc", help="delete least recently used pages down to a size")
     gc.add_argument("--max-bytes", required=True, help="e.g. 500M, 20G, or a byte count")
-    gc.add_argument("--json", action="store_true")
+    gc.add_argument("--json", action="store_true", help="one JSON object")
     gc.set_defaults(func=run_gc)
     cl = actions.add_parser("clear", help="delete every KV page on disk")
     cl.set_defaults(func=run_clear)
+    for q in (p, st, gc, cl):
+        q.add_argument("--cache-dir", default=None if q is p else argparse.SUPPRESS,
+                       help=CACHE_DIR_HELP)
 
 
 def parse_size(text: str) -> int:

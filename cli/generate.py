@@ -28,13 +28,15 @@ def register(sub) -> None:
     src.add_argument("--prompt", help="a user message, rendered with the chat template "
                      "('-': stdin)")
     src.add_argument("--raw", help="text tokenized as is, no template ('-': stdin)")
-    p.add_argument("--system", default=None, help="system message (with --prompt)")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--system", default=None, help="system message, with --prompt (default: none)")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest; 0: all")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed (default: none, random)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop string (repeatable; default: none)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: text, tokens, usage, timings")
     p.add_argument("--no-prefix-cache", action="store_true",

@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cli.cache import CACHE_DIR_HELP
 from cli.common import EXIT_OK, add_model_flags, apply_dirs, model_options, out, out_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="list or pull models in the cache")
-    p.add_argument("--cache-dir", default=None, help="models live here (env AGENT_CACHE_DIR)")
+    p = sub.add_parser("models", help="list, pull or plan models in the cache",
+                       description="The model cache: the embedded default, pulled Hugging Face "
+                       "models and GGUF files.")
+    p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = actions.add_parser("list", help="models in the cache")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON array")
+    ls.add_argument("--cache-dir", default=argparse.SUPPRESS, help=CACHE_DIR_HELP)
     ls.set_defaults(func=run_list)
     pull = actions.add_parser("pull", help="download a model into the cache")
     pull.add_argument("name", nargs="?", default="smollm2",
-                      help="'smollm2' (default) or a Hugging Face id")
+                      help="'smollm2' or a Hugging Face id")
+    pull.add_argument("--cache-dir", default=argparse.SUPPRESS, help=CACHE_DIR_HELP)
     pull.set_defaults(func=run_pull)
     info = actions.add_parser(
         "info", help="the memory plan for a model: weights, KV per token, tiers, context",
@@ -26,7 +31,7 @@ def register(sub) -> None:
         "without starting a session. Takes the same memory flags as `agent run`.")
     info.add_argument("name", nargs="?", default=None,
                       help="model spec (default: --model, AGENT_MODEL, or smollm2)")
-    add_model_flags(info)
+    add_model_flags(info, cache_dir_default=argparse.SUPPRESS)
     info.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     info.set_defaults(func=run_info)
 

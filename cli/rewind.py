@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from cli.common import EXIT_OK, UsageError, apply_dirs, out
-from cli.run import add_session_flags, open_store
+from cli.session_factory import add_data_dir_flag, open_store
 
 
 def register(sub) -> None:
@@ -21,14 +21,15 @@ def register(sub) -> None:
                         description="Put the worktree back as it was when TURN started and drop "
                         "the conversation from that turn on; the next run continues from there. "
                         "The files as they were before are kept: --undo brings them back.")
-    add_session_flags(rw)
+    add_data_dir_flag(rw)
     rw.add_argument("id", help="session id or a unique prefix")
     rw.add_argument("turn", type=int, nargs="?", help="the turn to return to (its start)")
     rw.add_argument("--code-only", action="store_true", help="restore files, keep the conversation")
     rw.add_argument("--undo", action="store_true",
                     help="put the files back as they were before the last rewind")
     rw.add_argument("--repo", default=None,
-                    help="restore only under this folder (inside the session's repository)")
+                    help="restore only under this folder, inside the session's repository "
+                    "(default: all of it)")
     rw.set_defaults(func=run_rewind)
 
 
@@ -38,7 +39,9 @@ def run_rewind(args: argparse.Namespace) -> int:
     if args.undo == (args.turn is not None):
         raise UsageError("give a TURN to rewind to, or --undo (not both)")
     apply_dirs(args)
-    store = open_store()
+    from runtime import settings
+
+    store = open_store(settings.data_dir())
     info = store.get(args.id)
     checkpoints = Checkpoints(_scope(args.repo, info.repo_root), info.id)
     if args.undo:

@@ -6,114 +6,73 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
 from cli.common import (
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TURN_LIMIT,
     UsageError,
-    add_model_flags,
-    apply_dirs,
     err,
-    model_options,
     out,
     out_json,
+    positive_int,
 )
-from cli.sandbox_flags import add_sandbox_flags, sandbox_options
-
-MODES = ["read-only", "ask", "accept-edits", "auto"]
+from cli.session_factory import (
+    add_session_arguments,
+    open_model,
+    open_session,
+    open_store,
+    plan_session,
+    resolve_resume,
+    warn_if_not_git,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "run", help="run the agent on a task without the TUI",
-        description="Run one task headless. Tool calls that would need approval are denied "
-        "(there is nobody to ask): widen with --permission-mode auto or --allow RULE.",
+        description="Run tasks headless, each a turn of one session. Tool calls that would "
+        "need approval are denied (there is nobody to ask): widen with --permission-mode auto "
+        "or --allow RULE. Exit codes: 0 done, 1 error, 2 usage, 3 a limit (--max-steps, "
+        "--max-turns, the context window), 130 interrupted.",
     )
-    p.add_argument("task", nargs="?", help="what to do ('-': read it from stdin)")
-    p.add_argument("--repo", default=".", help="repository root (default: .)")
-    add_model_flags(p)
-    add_session_flags(p)
-    p.add_argument("--max-turns", type=int, default=12,
-                   help="model calls allowed for this task (exit 3 when reached, or when the "
-                   "context window is full; 130 when interrupted)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature)")
-    p.add_argument("--permission-mode", choices=MODES, default="accept-edits")
-    p.add_argument("--allow", action="append", default=[], metavar="RULE",
-                   help="allow rule, e.g. 'shell(pytest *)' (repeatable)")
-    p.add_argument("--deny", action="append", default=[], metavar="RULE",
-                   help="deny rule, e.g. 'shell(rm *)' (repeatable)")
-    p.add_argument("--tool-choice", choices=["auto", "required", "first", "chain", "none"],
-                   default=None,
-                   help="auto: the model decides; first: its first reply each turn calls a tool "
-                   "and the next answers; chain: explore, then edit for tasks that ask for a "
-                   "change, then answer (the default for models whose template has no tools)")
-    add_sandbox_flags(p)
-    p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text")
-    p.add_argument("--resume", metavar="ID", help="continue the session with this id (or prefix)")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="continue the most recent session of this repository")
+    p.add_argument("task", nargs="*",
+                   help="what to do ('-': read it from stdin); several tasks run as turns of "
+                   "one session, in order, while each ends done")
+    add_session_arguments(p, permission_mode="accept-edits")
+    p.add_argument("--max-turns", type=positive_int, default=None, metavar="N",
+                   help="turns (tasks) this run may take (default: all the tasks given)")
+    p.add_argument("--output-format", choices=["text", "json", "stream-json"], default="text",
+                   help="text: the answer on stdout, tool calls on stderr; json: one object, "
+                   "the result and the whole transcript; stream-json: one event per line "
+                   "(docs/events.md)")
     p.set_defaults(func=run)
 
 
-def add_session_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="session store (env AGENT_DATA_DIR)")
-
-
-def open_store():
-    from memory.store import SessionStore
-    from runtime import settings
-
-    return SessionStore(settings.data_dir())
-
-
-def resolve_resume(store, args: argparse.Namespace, repo: Path) -> str | None:
-    if args.resume:
-        return store.get(args.resume).id
-    if args.cont:
-        latest = store.latest(str(repo))
-        if latest is None:
-            raise UsageError(f"no earlier session for {repo}; start one without --continue")
-        return latest.id
-    return None
+def read_tasks(args: argparse.Namespace) -> list[str]:
+    """The tasks, `-` read from stdin; UsageError when there is none."""
+    tasks = [sys.stdin.read() if t == "-" else t for t in args.task]
+    tasks = [t for t in tasks if t.strip()]
+    if not tasks:
+        raise UsageError("give a task: agent run --repo . \"fix the failing test\"")
+    return tasks
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.backends import open_backend
-    from agent.backends.base import GenParams
-    from agent.loop import LoopConfig
-    from agent.session import AgentSession, SessionOptions
-
-    task = sys.stdin.read() if args.task == "-" else args.task
-    if not task:
-        raise UsageError("give a task: agent run --repo . \"fix the failing test\"")
-    repo = Path(args.repo).resolve()
-    if not repo.is_dir():
-        raise UsageError(f"--repo {args.repo} is not a directory")
-    apply_dirs(args)
-    store = open_store()
-    resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, **model_options(args), progress=sys.stderr.isatty())
-    options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
-                             deny=args.deny, title=task[:80], task=task,
-                             loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens,
-                                                           temperature=args.temperature,
-                                                           seed=args.seed),
-                                             tool_choice=args.tool_choice),
-                             **sandbox_options(args))
-    session = AgentSession(backend, repo, store, resume_id=resume, options=options)
-    from agent.events import Shutdown, UserInput
-
-    session.submit(UserInput(task))
-    session.submit(Shutdown())
+    tasks = read_tasks(args)
+    plan = plan_session(args, task=tasks[0])
+    warn_if_not_git(plan.repo)
+    store = open_store(plan.data_dir)
+    resume = resolve_resume(store, args, plan.repo)
+    renderer = _renderer(args, tasks)
+    backend = open_model(args, _progress(args.output_format, renderer))
+    session = open_session(plan, backend, store, resume)
+    renderer.session = session
     stops = Interrupts(session)
     try:
         with stops:
-            status = _consume(session, args.output_format)
+            status = _drain(renderer, session)
         session.wait_closed(30)
     finally:
         backend.close()
@@ -121,14 +80,38 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
-    return EXIT_INTERRUPTED if status == "interrupted" else exit_code(status)
+    return exit_code(status)
 
 
-EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
+def _renderer(args: argparse.Namespace, tasks: list[str]):
+    from cli.render import HeadlessRenderer
+
+    return HeadlessRenderer(None, args.output_format, out=out, out_json=out_json, err=err,
+                            tasks=tasks, max_turns=args.max_turns)
+
+
+def _progress(fmt: str, renderer):
+    """How the model download reports: a bar on a terminal, events in stream-json, else a
+    line when it starts and when it ends (see cli/download.py)."""
+    from cli.download import DownloadReport
+
+    return DownloadReport(renderer.emit_progress if fmt == "stream-json" else None,
+                          tty=sys.stderr.isatty(), err=err)
+
+
+def _drain(renderer, session) -> str:
+    """Render until the session closes. A reader that went away (`| head`) stops the turn;
+    the session saves what it has, and the BrokenPipeError goes on up (exit 0, quietly)."""
+    try:
+        return renderer.drain()
+    except BrokenPipeError:
+        session.stop()
+        session.wait_closed(30)
+        raise
 
 
 def exit_code(status: str) -> int:
-    """A turn's status as the exit code: 0 done, 3 a limit (turns, the context window)."""
+    """A run's status as the exit code: 0 done, 3 a limit (steps, turns, the context window)."""
     limits = {"done": EXIT_OK, "turn_limit": EXIT_TURN_LIMIT, "context_full": EXIT_TURN_LIMIT,
               "interrupted": EXIT_INTERRUPTED}
     return limits.get(status, EXIT_ERROR)
@@ -163,10 +146,3 @@ class Interrupts:
         name = signal.Signals(signum).name.lower()
         os.write(2, f"\n{name}: stopping the turn; the session keeps what it has (Ctrl-C "
                     "again to quit at once)\n".encode())
-
-
-def _consume(session, fmt: str) -> str:
-    from cli.render import HeadlessRenderer
-
-    renderer = HeadlessRenderer(session, fmt, out=out, out_json=out_json, err=err)
-    return renderer.drain()

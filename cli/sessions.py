@@ -1,4 +1,4 @@
-"""`agent sessions list|show|delete|export`: the session store."""
+"""`agent sessions list|show|delete|export|import`: the session store."""
 
 from __future__ import annotations
 
@@ -8,28 +8,45 @@ from pathlib import Path
 
 from agent.checkpoint import delete_session_checkpoints
 from cli.common import EXIT_OK, apply_dirs, out, out_json
-from cli.run import add_session_flags, open_store
+from cli.session_factory import add_data_dir_flag
+from cli.session_factory import open_store as _open_store
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sessions", help="list, show, delete or export saved sessions")
-    add_session_flags(p)
+    p = sub.add_parser("sessions", help="list, show, delete, export or import saved sessions",
+                       description="The session store: every session's events, token log and "
+                       "checkpoints.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = actions.add_parser("list", help="sessions, newest first")
-    ls.add_argument("--repo", default=None, help="only sessions of this repository")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--repo", default=None, help="only sessions of this repository "
+                    "(default: all)")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many")
+    ls.add_argument("--json", action="store_true", help="one JSON array")
     ls.set_defaults(func=run_list)
+    parsers = [p, ls]
     for name, func, help_ in [("show", run_show, "a session's conversation"),
                               ("delete", run_delete, "delete a session"),
-                              ("export", run_export, "a session as JSON")]:
+                              ("export", run_export, "a session as JSON (import it elsewhere "
+                               "with `agent sessions import`)")]:
         a = actions.add_parser(name, help=help_)
         a.add_argument("id", help="session id or a unique prefix")
         if name == "show":
-            a.add_argument("--json", action="store_true")
+            a.add_argument("--json", action="store_true", help="its events as JSON")
         if name == "export":
-            a.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+            a.add_argument("-o", "--output", default=None,
+                           help="write here (default: stdout)")
         a.set_defaults(func=func)
+        parsers.append(a)
+    parsers.append(register_import(actions))
+    for q in parsers:
+        add_data_dir_flag(q, default=None if q is p else argparse.SUPPRESS)
+
+
+def open_store(args: argparse.Namespace):
+    apply_dirs(args)
+    from runtime import settings
+
+    return _open_store(settings.data_dir())
 
 
 def _summary(s) -> dict:
@@ -39,9 +56,8 @@ def _summary(s) -> dict:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    apply_dirs(args)
     repo = str(Path(args.repo).resolve()) if args.repo else None
-    sessions = open_store().list_sessions(repo_root=repo, limit=args.limit)
+    sessions = open_store(args).list_sessions(repo_root=repo, limit=args.limit)
     if args.json:
         out_json([_summary(s) for s in sessions])
         return EXIT_OK
@@ -55,8 +71,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    apply_dirs(args)
-    store = open_store()
+    store = open_store(args)
     info = store.get(args.id)
     events = store.events(info.id)
     if args.json:
@@ -79,8 +94,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    apply_dirs(args)
-    store = open_store()
+    store = open_store(args)
     info = store.get(args.id)
     store.delete(info.id)
     delete_session_checkpoints(info.repo_root, info.id)
@@ -89,12 +103,44 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    apply_dirs(args)
-    store = open_store()
-    data = store.export(store.get(args.id).id)
-    text = json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    from memory.store.export import dumps_export
+
+    store = open_store(args)
+    text = dumps_export(store.export(store.get(args.id).id))
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        Path(args.output).write_text(text)
     else:
-        out(text)
+        out(text, end="")
+    return EXIT_OK
+
+
+def register_import(actions) -> argparse.ArgumentParser:
+    a = actions.add_parser("import", help="a session exported elsewhere, as a new session "
+                           "here (resume it with --resume ID)")
+    a.add_argument("file", help="the export ('-': stdin)")
+    a.add_argument("--repo", default=None,
+                   help="the repository it works on here (default: the exported path)")
+    a.add_argument("--json", action="store_true", help="print the new session as JSON")
+    a.set_defaults(func=run_import)
+    return a
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import sys
+
+    from memory.store.export import import_session
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args.file} is not JSON ({e}); give a file from "
+                         "`agent sessions export`") from None
+    repo = str(Path(args.repo).resolve()) if args.repo else None
+    info = import_session(open_store(args), data, repo)
+    if args.json:
+        out_json(_summary(info))
+    else:
+        out(f"imported {info.id} ({info.turn_count} turns, {info.n_tokens} tokens) on "
+            f"{info.repo_root}; continue it with: agent run --resume {info.id} \"TASK\"")
     return EXIT_OK

@@ -6,28 +6,32 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
-from cli.run import MODES, add_session_flags, open_store, resolve_resume
-from cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from cli.common import EXIT_OK, UsageError, err
+from cli.session_factory import (
+    add_session_arguments,
+    open_model,
+    open_session,
+    open_store,
+    plan_session,
+    resolve_resume,
+    warn_if_not_git,
+)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tui", help="the interactive app (the default command)")
+    p = sub.add_parser("tui", help="the interactive app (the default command)",
+                       description="The Textual app on a repository: a conversation with the "
+                       "agent, its tool calls and diffs, approvals, /rewind. `agent` alone "
+                       "opens it on the current folder.")
     add_arguments(p)
     p.set_defaults(func=run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repo", default=".", help="repository root (default: .)")
-    add_model_flags(p)
-    add_session_flags(p)
-    p.add_argument("--permission-mode", choices=MODES, default="ask")
-    p.add_argument("--max-turns", type=int, default=12, help="model calls per message")
-    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per model reply")
-    add_sandbox_flags(p)
-    p.add_argument("--resume", metavar="ID", help="resume this session (id or prefix)")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="resume the most recent session of this repository")
+    add_session_arguments(p, permission_mode="ask")
+    # Before --max-steps existed the TUI called model calls per message --max-turns.
+    p.add_argument("--max-turns", type=int, dest="old_max_turns", default=None,
+                   help=argparse.SUPPRESS)
 
 
 class StoreCatalog:
@@ -58,29 +62,23 @@ class StoreCatalog:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.backends import open_backend
-    from agent.backends.base import GenParams
-    from agent.loop import LoopConfig
-    from agent.session import AgentSession, SessionOptions
+    from cli.download import DownloadReport
     from tui.app import AgentApp
     from tui.info import AppInfo
 
-    repo = Path(args.repo).resolve()
-    if not repo.is_dir():
-        raise UsageError(f"--repo {args.repo} is not a directory")
+    if args.old_max_turns is not None:
+        err("warning: in the TUI --max-turns is now --max-steps (model calls per message)")
+        args.max_steps = args.old_max_turns
+    plan = plan_session(args, replay_history=True)
     if not sys.stdout.isatty():
         raise UsageError("the TUI needs a terminal; use `agent run` for scripts")
-    apply_dirs(args)
-    store = open_store()
-    resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, **model_options(args), progress=True)
-    options = SessionOptions(permission_mode=args.permission_mode, replay_history=True,
-                             loop=LoopConfig(max_steps=args.max_turns,
-                                             gen=GenParams(max_tokens=args.max_tokens)),
-                             **sandbox_options(args))
-    session = AgentSession(backend, repo, store, resume_id=resume, options=options)
-    app = AgentApp(session, StoreCatalog(store, backend, repo, options),
-                   AppInfo(backend.name, str(repo), backend.context_window, resume or ""),
+    warn_if_not_git(plan.repo)
+    store = open_store(plan.data_dir)
+    resume = resolve_resume(store, args, plan.repo)
+    backend = open_model(args, DownloadReport(None, tty=True, err=err))
+    session = open_session(plan, backend, store, resume)
+    app = AgentApp(session, StoreCatalog(store, backend, plan.repo, plan.options),
+                   AppInfo(backend.name, str(plan.repo), backend.context_window, resume or ""),
                    rewind=session.rewind, context_breakdown=session.context_breakdown)
     try:
         app.run()

@@ -12,12 +12,14 @@ from __future__ import annotations
 from agent.backends.base import ModelBackend
 
 
-def open_backend(spec: str | None, **runtime_options) -> ModelBackend:
-    """`openai:URL#MODEL` for a server; anything else is a local model spec."""
+def open_backend(spec: str | None, *, api_key_env: str | None = None,
+                 **runtime_options) -> ModelBackend:
+    """`openai:URL#MODEL` for a server (its key in `api_key_env`, default OPENAI_API_KEY);
+    anything else is a local model spec."""
     if spec and spec.startswith("openai:"):
         from agent.backends.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(spec)
+        return OpenAIBackend(spec, api_key_env=api_key_env)
     from agent.backends.local import LocalBackend
     from runtime.local_model import LocalModel, RuntimeOptions
 

@@ -177,6 +177,10 @@ class ModelBackend(ABC):
         """Pages held per tier now ({"device", "host", "disk", "page_size"}), if there are any."""
         return None
 
+    def memory_plan(self) -> dict[str, Any] | None:
+        """The memory plan the model runs under (pages and bytes per tier), where there is one."""
+        return None
+
     def close(self) -> None:
         """Release the model; the backend is not used afterwards."""
         return None

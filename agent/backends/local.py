@@ -47,6 +47,10 @@ class LocalBackend(ModelBackend):
     def close(self) -> None:
         self.model.close()
 
+    def memory_plan(self) -> dict[str, Any] | None:
+        plan = self.model.plan
+        return plan.to_dict() if plan is not None else None
+
     def kv_pages(self) -> dict[str, int] | None:
         stats = getattr(self.model.engine.kv, "stats", None)
         if stats is None:

@@ -9,7 +9,7 @@ Files:
 - locks.py: one writer per session: the lock row, live or stale after a crash.
 - null_store.py: NullStore, the same interface keeping nothing (a session without a store).
 - queries.py: the store's SQL, small functions run inside SessionStore's transactions.
-- export.py: a session as JSON-able data.
+- export.py: a session as JSON-able data, written compactly, and imported into another store.
 """
 
 from __future__ import annotations

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint import REF_PREFIX, CheckpointError, Checkpoints
+from agent.checkpoint import (
+    LEGACY_PREFIX,
+    REF_PREFIX,
+    CheckpointError,
+    Checkpoints,
+    in_git_repository,
+)
 from agent.tools.base import ToolContext, run_tool
 from agent.tools.shell import JobTable, ShellTool
 
@@ -76,7 +82,8 @@ def test_user_index_and_branch_untouched(git_repo: Path, run_git):
     assert run_git(git_repo, "show", ":README.md") == "staged\n"
     assert run_git(git_repo, "stash", "list") == ""
     assert run_git(git_repo, "branch", "--format=%(refname:short)") == "main\n"
-    assert run_git(git_repo, "rev-parse", f"{checkpoint.commit}^") == run_git(
+    store = f"--git-dir={checkpoints.store}"
+    assert run_git(git_repo, store, "rev-parse", f"{checkpoint.commit}^") == run_git(
         git_repo, "rev-parse", "HEAD"
     )
 
@@ -131,3 +138,40 @@ def test_bad_input(tmp_path: Path, git_repo: Path):
             Checkpoints(git_repo, session)
     with pytest.raises(CheckpointError, match="turn must be"):
         Checkpoints(git_repo, "s1").create(-1)
+
+
+def test_checkpoints_stay_out_of_the_users_history(git_repo: Path, run_git):
+    """`git log --all`, the refs and gc's reachability never see them; they live in a store
+    inside .git that borrows the repository's objects."""
+    before = run_git(git_repo, "log", "--all", "--oneline")
+    (git_repo / "new.txt").write_text("a file only the checkpoint holds\n")
+    checkpoints = Checkpoints(git_repo, "s1")
+    mark = checkpoints.create(1)
+    assert run_git(git_repo, "log", "--all", "--oneline") == before
+    assert "checkpoint" not in run_git(git_repo, "for-each-ref")
+    run_git(git_repo, "gc", "--prune=now", "-q")
+    (git_repo / "new.txt").unlink()
+    checkpoints.restore(1)
+    assert (git_repo / "new.txt").read_text() == "a file only the checkpoint holds\n"
+    assert mark.ref.startswith("refs/checkpoints/s1/")
+    assert checkpoints.store.is_relative_to(git_repo / ".git")
+
+
+def test_checkpoints_an_older_agent_kept_in_the_repository_still_work(git_repo: Path, run_git):
+    old = Checkpoints(git_repo, "s1")
+    (git_repo / "README.md").write_text("at turn 1\n")
+    run_git(git_repo, "add", "README.md")
+    tree = run_git(git_repo, "write-tree").strip()
+    commit = run_git(git_repo, "commit-tree", tree, "-m", "old checkpoint").strip()
+    run_git(git_repo, "update-ref", f"{LEGACY_PREFIX}/s1/1", commit)
+    (git_repo / "README.md").write_text("later\n")
+    assert [(c.turn, c.legacy) for c in old.list()] == [(1, True)]
+    old.restore(1)
+    assert (git_repo / "README.md").read_text() == "at turn 1\n"
+    assert old.delete(everything=True) == 2  # the old turn and the new undo point
+    assert run_git(git_repo, "for-each-ref", LEGACY_PREFIX) == ""
+
+
+def test_in_git_repository(git_repo: Path, tmp_path: Path):
+    (tmp_path / "plain").mkdir()
+    assert in_git_repository(git_repo / "src") and not in_git_repository(tmp_path / "plain")

@@ -8,17 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from agent import events as ev
+from tests.cli.stream_schema import validate_stream as schema_checks
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = str(Path(sys.executable).parent / "agent")
-TYPES = {name: cls for cls, name in ev._TYPE_NAMES.items()}
 
 
 @pytest.fixture
@@ -42,21 +40,17 @@ def agent(env, *args, timeout=600):
 
 
 def validate_stream(stdout: str) -> list[dict]:
-    """Every line is one JSON event of a known type with exactly its fields; a result ends it."""
-    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    for obj in lines[:-1]:
-        cls = TYPES[obj["type"]]
-        assert set(obj) == {"type"} | {f.name for f in fields(cls)}, obj
-    assert lines[0]["type"] in ("progress", "session_started")
+    """The schema's checks, and a run that ended done or at a limit."""
+    lines = schema_checks(stdout)
     result = lines[-1]
-    assert result["type"] == "result" and result["status"] in ("done", "turn_limit")
-    assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "cached_tokens"}
+    assert result["status"] in ("done", "turn_limit")
+    assert result["usage"]["cached_input_tokens"] <= result["usage"]["input_tokens"]
     return lines
 
 
 def test_stream_json_validates_and_resume_reuses_the_whole_context(env, repo):
     first = agent(env, "run", "--repo", str(repo), "--output-format", "stream-json",
-                  "--max-tokens", "24", "--max-turns", "2", "What is in calc.py?")
+                  "--max-tokens", "24", "--max-steps", "2", "What is in calc.py?")
     assert first.returncode in (0, 3), first.stderr
     lines = validate_stream(first.stdout)
     session = lines[-1]["session_id"]
@@ -69,7 +63,7 @@ def test_stream_json_validates_and_resume_reuses_the_whole_context(env, repo):
     result = json.loads(second.stdout)
     assert result["session_id"] == session
     page = 64
-    assert result["usage"]["cached_tokens"] >= context - page  # no re-prefill of the past
+    assert result["usage"]["cached_input_tokens"] >= context - page  # no re-prefill of the past
     listed = json.loads(agent(env, "sessions", "list", "--json").stdout)
     assert listed[0]["id"] == session and listed[0]["turns"] == 2
 
@@ -118,7 +112,9 @@ def test_default_model_completes_a_task_with_a_real_tool(env, repo):
     finished = [e for e in lines if e["type"] == "tool_finished"]
     assert finished and finished[0]["name"] == "read" and finished[0]["ok"]
     assert "def add" in finished[0]["content"]
-    assert lines[-1]["status"] == "done" and "add" in lines[-1]["text"]  # it answers in words
+    assert lines[-1]["status"] == "done" and "add" in lines[-1]["result"]  # answers in words
+    steps = [e for e in lines if e["type"] == "assistant"]
+    assert steps[0]["tool_calls"][0]["name"] == "read" and steps[-1]["tool_calls"] == []
 
 
 def test_default_model_writes_a_python_function(env):

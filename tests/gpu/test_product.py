@@ -160,17 +160,17 @@ def test_agent_run_with_tool_calls_then_continue_in_a_new_process(model_dir, env
     repo = make_repo(tmp_path / "repo")
     common = ["--repo", str(repo), "--model", str(model_dir), "--max-context", "131072",
               "--output-format", "stream-json", "--max-tokens", "64"]
-    r1 = agent("run", *common, "--tool-choice", "required", "--max-turns", "2",
+    r1 = agent("run", *common, "--tool-choice", "required", "--max-steps", "2",
                "Read calc.py.", env=env)
     assert r1.returncode in (0, 3), r1.stderr
     events = stream(r1)
     kinds = [e.get("type") for e in events]
     assert "tool_finished" in kinds, kinds
-    started = next(e for e in events if e.get("type") == "session_started")
+    started = next(e for e in events if e.get("type") == "init")
     assert started.get("context_window") == 131072, started
     r2 = agent("run", *common, "--continue", "--max-turns", "1", "What did you read?",
                env=env)
     assert r2.returncode in (0, 3), r2.stderr
     turns = [e for e in stream(r2) if e.get("type") == "turn_finished"]
     usage = turns[-1]["usage"]
-    assert usage["cached_tokens"] >= 0.95 * usage["prompt_tokens"] - 256, usage
+    assert usage["cached_input_tokens"] >= 0.95 * usage["input_tokens"] - 256, usage

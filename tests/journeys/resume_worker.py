@@ -47,7 +47,7 @@ def _outcome(session: AgentSession, seen: list[str], expect: list[str]) -> dict:
         if isinstance(event, Progress) and event.kind == "restore":
             restored = event.total
         elif isinstance(event, TurnFinished):
-            status, cached = event.status, event.usage.cached_tokens
+            status, cached = event.status, event.usage.cached_input_tokens
         elif isinstance(event, Note):
             notes.append(event.text)
         elif isinstance(event, Error):

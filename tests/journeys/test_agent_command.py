@@ -89,7 +89,7 @@ def _continue(env, repo: str, sid: str, context: int, prompt: str) -> dict:
     assert done.returncode in (0, 3), done.stderr
     result = json.loads(done.stdout)
     assert result["session_id"] == sid and result["status"] in ("done", "turn_limit")
-    assert result["usage"]["cached_tokens"] >= context - PAGE
+    assert result["usage"]["cached_input_tokens"] >= context - PAGE
     return result
 
 
@@ -144,7 +144,7 @@ def test_ctrl_c_keeps_the_partial_answer_exits_130_and_resumes(env, calculator):
     assert more.returncode == 0, more.stderr
     result = json.loads(more.stdout)
     assert result["status"] == "done" and result["session_id"] == sid
-    assert result["usage"]["cached_tokens"] >= finished["usage"]["context_tokens"] - PAGE
+    assert result["usage"]["cached_input_tokens"] >= finished["usage"]["context_tokens"] - PAGE
 
 
 def test_sigterm_stops_like_ctrl_c(env, calculator):
@@ -193,7 +193,7 @@ def test_a_repository_larger_than_the_window_leaves_room_and_fills_up_cleanly(en
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     usage = result["usage"]
-    assert result["status"] == "done" and usage["completion_tokens"] >= 8  # a real answer
+    assert result["status"] == "done" and usage["output_tokens"] >= 8  # a real answer
     # the snapshot took at most half the window (the rest: instructions, tools, this turn)
     assert usage["context_tokens"] <= usage["context_window"] // 2 + 2048 + 48
     huge = "Please consider this carefully. " * 2000  # ~12K tokens: more than the window

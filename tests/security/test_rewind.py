@@ -43,7 +43,13 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 def refs(repo: Path) -> list[str]:
-    return git(repo, "for-each-ref", "--format=%(refname)", REF_PREFIX).split()
+    store = f"--git-dir={Checkpoints(repo, 'any').store}"
+    return git(repo, store, "for-each-ref", "--format=%(refname)", REF_PREFIX).split()
+
+
+def ls_tree(repo: Path, commit: str) -> list[str]:
+    store = f"--git-dir={Checkpoints(repo, 'any').store}"
+    return git(repo, store, "ls-tree", "-r", "--name-only", commit).split()
 
 
 def test_a_rewind_can_be_undone_with_the_work_it_replaced(tmp_path, data_dir, capsys):
@@ -98,7 +104,7 @@ def test_oversized_untracked_files_are_not_stored_and_not_lost(tmp_path, monkeyp
     (repo / "small.txt").write_text("small\n")
     marks = Checkpoints(repo, "s1")
     mark = marks.create(1)
-    stored = git(repo, "ls-tree", "-r", "--name-only", mark.commit).split()
+    stored = ls_tree(repo, mark.commit)
     assert "small.txt" in stored and "data.bin" not in stored and "build/artifact.bin" not in stored
     (repo / "data.bin").write_bytes(b"\3" * 6000)
     marks.restore(1)
@@ -111,8 +117,7 @@ def test_the_untracked_total_is_capped_too(tmp_path, monkeypatch):
     for i in range(5):
         (repo / f"gen{i}.txt").write_text(str(i) * 1000)
     mark = Checkpoints(repo, "s1").create(1)
-    stored = [n for n in git(repo, "ls-tree", "-r", "--name-only", mark.commit).split()
-              if n.startswith("gen")]
+    stored = [n for n in ls_tree(repo, mark.commit) if n.startswith("gen")]
     assert len(stored) == 2
 
 

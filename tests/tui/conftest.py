@@ -64,9 +64,9 @@ DIFF = "\n".join(
 )
 
 USAGE = Usage(
-    prompt_tokens=2400,
-    completion_tokens=48,
-    cached_tokens=2100,
+    input_tokens=2400,
+    output_tokens=48,
+    cached_input_tokens=2100,
     cached_by_tier={"device": 1800, "host": 300},
     computed_tokens=348,
     context_tokens=5200,

@@ -98,7 +98,8 @@ class StatusBar(Static):
         if self.usage is None:
             return Content()
         tiers = " ".join(f"{tier} {tokens(n)}" for tier, n in self.usage.cached_by_tier.items())
-        cached = f"cached {tokens(self.usage.cached_tokens)}" + (f" ({tiers})" if tiers else "")
+        cached = f"cached {tokens(self.usage.cached_input_tokens)}"
+        cached += f" ({tiers})" if tiers else ""
         return Content(f"{cached} · computed {tokens(self.usage.computed_tokens)}")
 
     def _part_speed(self) -> Content:

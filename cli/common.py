@@ -42,6 +42,10 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line, not the whole usage block: the flags are a `--help` away."""
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
 
 def add_shared(parsers: list[argparse.ArgumentParser], *flags: str, **kwargs: Any) -> None:
     """A flag accepted before or after a subcommand's action (`agent cache --cache-dir X

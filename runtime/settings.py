@@ -83,6 +83,12 @@ def export_triton_cache_dir() -> Path:
     return path
 
 
+def environment(name: str) -> str | None:
+    """An environment variable of another program's convention (OPENAI_API_KEY, or the one
+    `--api-key-env` names), read here like every other; None when unset or empty."""
+    return os.environ.get(name) or None
+
+
 def debug() -> bool:
     """AGENT_DEBUG=1: tracebacks instead of one-line errors."""
     return os.environ.get(ENV_PREFIX + "DEBUG", "") not in ("", "0")

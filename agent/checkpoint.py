@@ -185,6 +185,13 @@ class Checkpoints:
         deleted, written = self._changes(now, f"{target.commit}^{{tree}}", skipped)
         return sorted(deleted + written)
 
+    def diff(self, old: Checkpoint, new: Checkpoint, pathspecs: list[str]) -> str:
+        """`git diff` between two checkpoints (their objects are in the store), as text."""
+        done = self._run("diff", "--no-color", "--no-ext-diff", old.commit, new.commit, "--",
+                         *pathspecs)
+        # bytes that are not UTF-8 become U+FFFD: the diff is text for the model
+        return done.stdout.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
     def _save_undo(self, tree: str) -> None:
         parent = self._head()
         cmd = ["commit-tree", tree, "-m", f"agent checkpoint {self.session}/{UNDO}"]

@@ -13,7 +13,6 @@ it stops with one warning and every note falls back to a diff of the whole workt
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from pathlib import Path
 
@@ -93,10 +92,7 @@ class ExternalChanges:
         denied = self._policy.denied_read_patterns() if self._policy else []
         specs = [f":(literal){p}" for p in paths] or ["."]
         specs += [f":(exclude){p}" for p in denied]
-        proc = subprocess.run(["git", "diff", "--no-color", "--no-ext-diff", self._last.commit,
-                               now.commit, "--", *specs], cwd=self.root,
-                              capture_output=True, text=True, errors="replace")
-        return proc.stdout
+        return self._seen.diff(self._last, now, specs)
 
     def _watch(self) -> None:
         try:

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from cli.common import EXIT_OK, UsageError, apply_dirs, out, out_json
+from cli.common import EXIT_OK, Dirs, UsageError, out, out_json, resolve_dirs
 
 CACHE_DIR_HELP = ("models and KV pages live here (default: AGENT_CACHE_DIR, the config file, "
                   "the platform's cache dir)")
@@ -38,32 +38,28 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2) or "_"))
 
 
-def _kv_root() -> Path:
-    from runtime import settings
-
-    return settings.cache_dir() / "kv"
+def _kv_root(dirs: Dirs) -> Path:
+    return dirs.cache_dir / "kv"
 
 
-def _tier():
+def _tier(dirs: Dirs):
     from memory.disk_tier import DiskTier
-    from runtime import settings
 
     # A tier for no model in particular: stats, gc and clear act on every fingerprint.
-    return DiskTier(settings.cache_dir(), bytes(32), 0)
+    return DiskTier(dirs.cache_dir, bytes(32), 0)
 
 
 def run_stats(args: argparse.Namespace) -> int:
     from memory.cache_usage import load_usage
-    from runtime import settings
 
-    apply_dirs(args)
-    root = _kv_root()
+    dirs = resolve_dirs(args)
+    root = _kv_root(dirs)
     models = []
     for d in sorted(p for p in root.glob("*") if p.is_dir()):
         files = list(d.rglob("*.page"))
         models.append({"fingerprint": d.name, "pages": len(files),
                        "bytes": sum(f.stat().st_size for f in files)})
-    usage = load_usage(settings.cache_dir())
+    usage = load_usage(dirs.cache_dir)
     hits = usage["hit_device"] + usage["hit_host"] + usage["hit_disk"]
     looked = hits + usage["miss_pages"]
     result = {"dir": str(root), "disk": {"pages": sum(m["pages"] for m in models),
@@ -90,9 +86,8 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    apply_dirs(args)
     limit = parse_size(args.max_bytes)
-    result = _tier().gc(limit)
+    result = _tier(resolve_dirs(args)).gc(limit)
     if args.json:
         out_json({"removed_files": result.removed_files, "removed_bytes": result.removed_bytes,
                   "remaining_bytes": result.remaining_bytes})
@@ -103,9 +98,9 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    apply_dirs(args)
-    tier = _tier()
+    dirs = resolve_dirs(args)
+    tier = _tier(dirs)
     before = tier.stats()
     tier.clear(all_models=True)
-    out(f"cleared {before.files} pages ({before.bytes / 1e6:.1f} MB) from {_kv_root()}")
+    out(f"cleared {before.files} pages ({before.bytes / 1e6:.1f} MB) from {_kv_root(dirs)}")
     return EXIT_OK

@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TURN_LIMIT = 0, 1, 2, 3
@@ -220,9 +222,18 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def apply_dirs(args: argparse.Namespace) -> None:
-    """Hand --cache-dir / --data-dir to the settings module (flags beat the environment)."""
+@dataclass(frozen=True)
+class Dirs:
+    """Where models and KV pages (cache_dir) and sessions (data_dir) live, resolved once from
+    --cache-dir / --data-dir, then AGENT_*, then the config file, then the platform's dirs."""
+
+    cache_dir: Path
+    data_dir: Path
+
+
+def resolve_dirs(args: argparse.Namespace) -> Dirs:
+    """The directories for this command; passed down as arguments, never held globally."""
     from runtime import settings
 
-    settings.override(cache_dir=getattr(args, "cache_dir", None),
-                      data_dir=getattr(args, "data_dir", None))
+    return Dirs(settings.cache_dir(getattr(args, "cache_dir", None)),
+                settings.data_dir(getattr(args, "data_dir", None)))

@@ -16,23 +16,21 @@ class DownloadReport:
                  err: Callable[[str], None]):
         self.emit, self.tty, self.err = emit, tty, err
 
-    def ensure(self, spec: str | None) -> None:
+    def ensure(self, spec: str, cache_dir: Path) -> None:
         """Download `spec` (the default model, a Hugging Face id) if it is not cached; local
         paths and servers are left to the loader (which names what is wrong with them)."""
-        from runtime import settings
         from runtime.errors import ModelNotFound
         from runtime.model_cache import pull, resolve_model
 
-        spec = settings.default_model(spec)
         if spec.startswith("openai:") or _is_path(spec):
             return
         try:
-            resolve_model(spec, pull=False)
+            resolve_model(spec, pull=False, cache_dir=cache_dir)
             return
         except ModelNotFound:
             pass
         self._started(spec)
-        path = pull(spec, progress=self.tty)
+        path = pull(spec, progress=self.tty, cache_dir=cache_dir)
         self._finished(spec, path)
 
     def _started(self, spec: str) -> None:

@@ -10,10 +10,10 @@ from cli.common import (
     EXIT_OK,
     UsageError,
     add_model_flags,
-    apply_dirs,
     model_options,
     out,
     out_json,
+    resolve_dirs,
 )
 
 
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
-    apply_dirs(args)
-    model = LocalModel.open(args.model, RuntimeOptions(**model_options(args),
-                                                       progress=sys.stderr.isatty(),
-                                                       prefix_cache=not args.no_prefix_cache))
+    options = RuntimeOptions(**model_options(args), progress=sys.stderr.isatty(),
+                             prefix_cache=not args.no_prefix_cache,
+                             cache_dir=resolve_dirs(args).cache_dir)
+    model = LocalModel.open(args.model, options)
     try:
         return _generate(model, args, params)
     finally:

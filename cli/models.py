@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli.cache import CACHE_DIR_HELP
-from cli.common import EXIT_OK, add_model_flags, apply_dirs, model_options, out, out_json
+from cli.common import EXIT_OK, add_model_flags, model_options, out, out_json, resolve_dirs
 
 
 def register(sub) -> None:
@@ -39,8 +39,7 @@ def register(sub) -> None:
 def run_list(args: argparse.Namespace) -> int:
     from runtime.model_cache import list_models
 
-    apply_dirs(args)
-    entries = list_models()
+    entries = list_models(resolve_dirs(args).cache_dir)
     if args.json:
         out_json([{"name": e.name, "path": str(e.path), "format": e.format, "bytes": e.size}
                   for e in entries])
@@ -55,8 +54,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     from runtime.model_cache import pull
 
-    apply_dirs(args)
-    path = pull(args.name, progress=sys.stderr.isatty())
+    path = pull(args.name, progress=sys.stderr.isatty(), cache_dir=resolve_dirs(args).cache_dir)
     out(str(path))
     return EXIT_OK
 
@@ -64,10 +62,10 @@ def run_pull(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from runtime.local_model import LocalModel, RuntimeOptions
 
-    apply_dirs(args)
     spec = args.name or args.model
-    model = LocalModel.open(spec, RuntimeOptions(**model_options(args), warmup=False,
-                                                 progress=sys.stderr.isatty()))
+    options = RuntimeOptions(**model_options(args), warmup=False, progress=sys.stderr.isatty(),
+                             cache_dir=resolve_dirs(args).cache_dir)
+    model = LocalModel.open(spec, options)
     try:
         plan = model.plan
         if args.json:

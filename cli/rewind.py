@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from cli.common import EXIT_OK, UsageError, apply_dirs, out
+from cli.common import EXIT_OK, UsageError, out, resolve_dirs
 from cli.session_factory import add_data_dir_flag, open_store
 
 
@@ -38,10 +38,7 @@ def run_rewind(args: argparse.Namespace) -> int:
 
     if args.undo == (args.turn is not None):
         raise UsageError("give a TURN to rewind to, or --undo (not both)")
-    apply_dirs(args)
-    from runtime import settings
-
-    store = open_store(settings.data_dir())
+    store = open_store(resolve_dirs(args).data_dir)
     info = store.get(args.id)
     checkpoints = Checkpoints(_scope(args.repo, info.repo_root), info.id)
     if args.undo:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(plan.data_dir)
     resume = resolve_resume(store, args, plan.repo)
     renderer = _renderer(args, tasks)
-    backend = open_model(args, _progress(args.output_format, renderer))
+    backend = open_model(args, plan, _progress(args.output_format, renderer))
     session = open_session(plan, backend, store, resume)
     renderer.session = session
     stops = Interrupts(session)

@@ -14,10 +14,10 @@ from typing import Any
 from cli.common import (
     UsageError,
     add_model_flags,
-    apply_dirs,
     err,
     model_options,
     positive_int,
+    resolve_dirs,
 )
 from cli.sandbox_flags import add_sandbox_flags, sandbox_options
 
@@ -92,10 +92,8 @@ def plan_session(args: argparse.Namespace, *, task: str = "", replay_history: bo
     options = SessionOptions(permission_mode=args.permission_mode, allow=list(args.allow),
                              deny=list(args.deny), title=task[:80] or None, task=task,
                              loop=loop, replay_history=replay_history, **sandbox_options(args))
-    apply_dirs(args)
-    from runtime import settings
-
-    return SessionPlan(repo, options, settings.data_dir(), settings.cache_dir())
+    dirs = resolve_dirs(args)
+    return SessionPlan(repo, options, dirs.data_dir, dirs.cache_dir)
 
 
 def open_store(data_dir: Path):
@@ -115,14 +113,16 @@ def resolve_resume(store, args: argparse.Namespace, repo: Path) -> str | None:
     return None
 
 
-def open_model(args: argparse.Namespace, report):
+def open_model(args: argparse.Namespace, plan: SessionPlan, report):
     """The backend the flags name: an OpenAI-compatible server or the local runtime, whose
     model is first downloaded if need be (`report`: a cli.download.DownloadReport)."""
     from agent.backends import open_backend
+    from runtime import settings
 
-    report.ensure(args.model)
-    return open_backend(args.model, **model_options(args), progress=report.tty,
-                        api_key_env=args.api_key_env)
+    spec = settings.default_model(args.model)
+    report.ensure(spec, plan.cache_dir)
+    return open_backend(spec, **model_options(args), progress=report.tty,
+                        cache_dir=plan.cache_dir, api_key_env=args.api_key_env)
 
 
 def open_session(plan: SessionPlan, backend, store, resume_id: str | None):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from agent.checkpoint import delete_session_checkpoints
-from cli.common import EXIT_OK, apply_dirs, out, out_json
+from cli.common import EXIT_OK, out, out_json, resolve_dirs
 from cli.session_factory import add_data_dir_flag
 from cli.session_factory import open_store as _open_store
 
@@ -43,10 +43,7 @@ def register(sub) -> None:
 
 
 def open_store(args: argparse.Namespace):
-    apply_dirs(args)
-    from runtime import settings
-
-    return _open_store(settings.data_dir())
+    return _open_store(resolve_dirs(args).data_dir)
 
 
 def _summary(s) -> dict:

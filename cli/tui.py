@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     warn_if_not_git(plan.repo)
     store = open_store(plan.data_dir)
     resume = resolve_resume(store, args, plan.repo)
-    backend = open_model(args, DownloadReport(None, tty=True, err=err))
+    backend = open_model(args, plan, DownloadReport(None, tty=True, err=err))
     session = open_session(plan, backend, store, resume)
     app = AgentApp(session, StoreCatalog(store, backend, plan.repo, plan.options),
                    AppInfo(backend.name, str(plan.repo), backend.context_window, resume or ""),

@@ -69,6 +69,7 @@ class RuntimeOptions:
     kv_pages: int | None = None  # exact device pages, bypassing the plan (tests, benchmarks)
     host_pages: int | None = None  # exact host pages, likewise
     warmup: bool | None = None  # capture the batch-1 decode graph at start (default: on CUDA)
+    cache_dir: Path | None = None  # models and KV pages; None: the settings' (env, config file)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class LocalModel:
     fingerprint: str = ""  # hex of the KV fingerprint: weights, dtypes, rope, page layout
     plan: MemoryPlan | None = None
     warmup_s: float = 0.0  # profiling the prefill, compiling kernels, capturing graphs
+    cache_dir: Path | None = None  # where its KV usage is recorded (None: the settings')
 
     def flush(self) -> None:
         """Make every sealed KV page durable (the end of a turn or of a command)."""
@@ -97,7 +99,7 @@ class LocalModel:
         self.flush()
         stats = getattr(self.engine.kv, "stats", None)
         if stats:
-            record_usage(settings.cache_dir(), stats())
+            record_usage(self.cache_dir or settings.cache_dir(), stats())
         close = getattr(self.engine.kv, "close", None)
         if close:
             close()
@@ -115,12 +117,12 @@ class LocalModel:
         start = time.perf_counter()
         budget = MemoryBudget(options.gpu_memory, options.host_memory, options.max_context)
         spec = spec or settings.default_model()
-        path = resolve_model(spec, progress=options.progress)
+        path = resolve_model(spec, progress=options.progress, cache_dir=options.cache_dir)
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         native = (options.weights or default_weights(device)) == "native"
         dequantized = None if native else options.weights
         dtype = DTYPES[options.dtype or dequantized or _default_dtype(device, native)]
-        settings.export_triton_cache_dir()
+        settings.export_triton_cache_dir(options.cache_dir)
         loaded = _load(path, dtype, device, native)
         loaded.model.fuse_projections()
         if device.type == "cpu":
@@ -146,7 +148,7 @@ class LocalModel:
         template = _template(tokenizer)
         warmup_s = time.perf_counter() - start - load_s
         return cls(spec, path, cfg, tokenizer, template, engine, loaded.weights_id, dtype,
-                   load_s, fingerprint.hex(), plan, warmup_s)
+                   load_s, fingerprint.hex(), plan, warmup_s, cache_dir=options.cache_dir)
 
 
 def _load(path: Path, dtype: torch.dtype, device: torch.device, native: bool = False):
@@ -170,7 +172,7 @@ def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backe
           chunk: int, budget: MemoryBudget, options: RuntimeOptions) -> MemoryPlan:
     """Measure the device after the weights and decide the pages per tier (memory_plan.py)."""
     window = cfg.max_position_embeddings
-    disk = options.disk_max_bytes or default_disk_budget(settings.cache_dir())
+    disk = options.disk_max_bytes or default_disk_budget(options.cache_dir or settings.cache_dir())
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if device.type == "cuda":
         context = min(window, budget.max_context or window)
@@ -224,7 +226,8 @@ def _kv_pages(plan: MemoryPlan, layout: KVLayout, fingerprint: bytes, device: to
     if not options.prefix_cache:
         return PrivatePages(DevicePagePool(layout, plan.device_pages, device))
     return TieredKVCache(layout, plan.device_pages, plan.host_pages, fingerprint,
-                         disk_dir=settings.cache_dir(), disk_max_bytes=plan.disk_bytes,
+                         disk_dir=options.cache_dir or settings.cache_dir(),
+                         disk_max_bytes=plan.disk_bytes,
                          device=device)
 
 

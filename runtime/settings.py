@@ -2,7 +2,8 @@
 
 This is the one module that reads environment variables. Precedence, highest first:
 
-1. a flag value passed to `resolve()` (or handed over once by the CLI through `override()`),
+1. a flag value passed to `resolve()` (the CLI resolves its flags once and passes the results
+   down as arguments; nothing here holds them),
 2. the environment: `AGENT_MODEL`, `AGENT_CACHE_DIR`, `AGENT_DATA_DIR`, `AGENT_CONFIG_DIR`,
 3. `config.toml` in the config directory (keys `model`, `cache_dir`, `data_dir`),
 4. the defaults: "smollm2" and the platform's user cache / data / config directories.
@@ -25,28 +26,11 @@ CONFIG_KEYS = ("model", "cache_dir", "data_dir")
 
 log = logging.getLogger(__name__)
 
-# Flag values the CLI hands over once per process (mutated in place, never rebound).
-_overrides: dict[str, str] = {}
-
-
-def override(**values: str | Path | None) -> None:
-    """Record flag values for this process; None leaves a setting to the env / file / default."""
-    for name, value in values.items():
-        if value is not None:
-            _overrides[name] = str(value)
-
-
-def clear_overrides() -> None:
-    """Forget every `override()` (tests use it to restore the defaults)."""
-    _overrides.clear()
-
 
 def resolve(name: str, flag_value: str | Path | None = None) -> str | None:
-    """A setting's value by precedence: flag > override > `AGENT_<NAME>` > config file > None."""
+    """A setting's value by precedence: flag > `AGENT_<NAME>` > config file > None."""
     if flag_value is not None:
         return str(flag_value)
-    if name in _overrides:
-        return _overrides[name]
     env = os.environ.get(ENV_PREFIX + name.upper())
     if env:
         return env
@@ -72,13 +56,14 @@ def data_dir(flag_value: str | Path | None = None) -> Path:
     return Path(value).expanduser() if value else Path(platformdirs.user_data_dir(APP_NAME))
 
 
-def export_triton_cache_dir() -> Path:
-    """Point Triton's compile cache under our cache directory (unless the user set
-    TRITON_CACHE_DIR), so a second process loads the kernels the first compiled."""
+def export_triton_cache_dir(cache: Path | None = None) -> Path:
+    """Point Triton's compile cache under our cache directory (`cache`, else the settings'),
+    unless the user set TRITON_CACHE_DIR, so a second process loads the kernels the first
+    compiled."""
     value = os.environ.get("TRITON_CACHE_DIR")
     if value:
         return Path(value)
-    path = cache_dir() / "triton"
+    path = (cache or cache_dir()) / "triton"
     os.environ["TRITON_CACHE_DIR"] = str(path)
     return path
 

@@ -22,9 +22,7 @@ def dirs(tmp_path, monkeypatch):
                                                target_is_directory=True)
     monkeypatch.setenv("AGENT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    settings.clear_overrides()
     yield tmp_path
-    settings.clear_overrides()
 
 
 def run(capsys, *argv):

@@ -21,13 +21,10 @@ AGENT = str(Path(sys.executable).parent / "agent")
 
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
-    from runtime import settings
 
     monkeypatch.setenv("AGENT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    settings.clear_overrides()
     yield tmp_path
-    settings.clear_overrides()
 
 
 def run(capsys, *argv):

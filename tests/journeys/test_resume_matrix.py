@@ -123,9 +123,7 @@ def _killed(template: str, gguf: Path, base: Path, env: dict) -> dict:
 def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("AGENT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    settings.clear_overrides()
     yield tmp_path
-    settings.clear_overrides()
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

@@ -24,14 +24,12 @@ FAKE_GGUF = b"GGUF" + bytes(range(256)) * 64
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    """An empty cache and config dir, no AGENT_MODEL, no CLI overrides."""
+    """An empty cache and config dir, no AGENT_MODEL."""
     monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AGENT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("AGENT_MODEL", raising=False)
     monkeypatch.delenv("AGENT_DATA_DIR", raising=False)
-    settings.clear_overrides()
     yield tmp_path / "cache"
-    settings.clear_overrides()
 
 
 class FakePip:
@@ -244,8 +242,6 @@ def test_settings_precedence(cache, tmp_path, monkeypatch):
     assert settings.cache_dir() == Path("/from/file")
     monkeypatch.setenv("AGENT_MODEL", "from-env")
     assert settings.default_model() == "from-env"
-    settings.override(model="from-override", cache_dir=None)
-    assert settings.default_model() == "from-override"
     assert settings.default_model("from-flag") == "from-flag"
     assert settings.cache_dir() == Path("/from/file")
 

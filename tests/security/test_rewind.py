@@ -18,12 +18,9 @@ from tests.security.attack_repo import git, make_repo
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch) -> Path:
-    from runtime import settings
 
     monkeypatch.setenv("AGENT_DATA_DIR", str(tmp_path / "data"))
-    settings.clear_overrides()
     yield tmp_path / "data"
-    settings.clear_overrides()
 
 
 def session_at(data_dir: Path, root: Path, turn: int = 1) -> str:

@@ -13,9 +13,9 @@ import pytest
 
 from agent.backends.base import GenParams
 from agent.backends.scripted import ScriptedBackend
-from cli.tui import StoreCatalog
 from agent.loop import LoopConfig
 from agent.session import AgentSession, SessionOptions
+from cli.tui import StoreCatalog
 from memory.store import SessionStore
 from tui.app import AgentApp
 from tui.screens.rewind import RewindScreen

@@ -273,7 +273,7 @@ def test_export_is_json_able(store: SessionStore) -> None:
     store.truncate_to_turn(sid, 1)
     store.add_checkpoint(sid, 1, "sha")
     data = json.loads(json.dumps(store.export(sid)))
-    assert data["format"] == "resident-agent.session/1"
+    assert data["format"] == "resident-agent.session/2"
     assert data["session"]["id"] == sid and data["session"]["n_tokens"] == 2
     assert [(e["kind"], e["superseded"]) for e in data["events"]] == [
         ("user_message", False),

@@ -4,16 +4,19 @@ One parser, a module per subcommand. Settings are resolved here once and handed 
 arguments; nothing below imports this package.
 
 Files:
-- common.py: shared flags, output helpers, the error-to-exit-code policy.
+- common.py: the parser class (defaults in --help, one-line usage errors), shared flags,
+  the directories resolved once, output helpers, the error-to-exit-code policy.
 - generate.py: `agent generate`, raw generation for scripts and benchmarks.
 - models.py: `agent models list|pull`.
-- run.py: `agent run`, a headless session.
+- run.py: `agent run`, a headless session: tasks as turns, --max-turns, the output formats.
+- session_factory.py: the session flags and the one way `run` and `tui` build a session.
+- download.py: the model download, reported on a terminal, in stream-json, or in two lines.
 - cache.py: `agent cache stats|gc|clear`.
 - tui.py: `agent` / `agent tui`, the Textual app over an AgentSession and the store.
-- sessions.py: `agent sessions list|show|delete|export`.
+- sessions.py: `agent sessions list|show|delete|export|import`.
 - sandbox_flags.py: --pass-env, --max-procs, --max-memory for how commands run.
 - rewind.py: `agent rewind`, code and conversation back to a turn; `--undo`.
-- render.py: headless output (text, json, stream-json).
+- render.py: headless output (text, json, stream-json; see docs/events.md).
 """
 
 from __future__ import annotations

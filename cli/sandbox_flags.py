@@ -29,15 +29,22 @@ def add_sandbox_flags(p: argparse.ArgumentParser) -> None:
                    "twice the physical memory; 0 for none)")
 
 
-def sandbox_options(args: argparse.Namespace) -> dict[str, Any]:
-    """SessionOptions fields from the flags; UsageError on a bad name or size."""
-    from agent.tools.processes import ProcessLimits  # the tools load only when a session runs
-
+def check_sandbox_flags(args: argparse.Namespace) -> None:
+    """UsageError on a bad variable name, process count or size (nothing heavy imported)."""
     for name in args.pass_env:
         if not _ENV_NAME.match(name):
             raise UsageError(f"--pass-env {name!r} is not a variable name (letters, digits, _)")
     if args.max_procs is not None and args.max_procs < 1:
         raise UsageError("--max-procs must be at least 1")
+    if args.max_memory is not None:
+        parse_size(args.max_memory)
+
+
+def sandbox_options(args: argparse.Namespace) -> dict[str, Any]:
+    """SessionOptions fields from the flags; UsageError on a bad name or size."""
+    check_sandbox_flags(args)
+    from agent.tools.processes import ProcessLimits  # the tools load only when a session runs
+
     memory = None if args.max_memory is None else parse_size(args.max_memory)
     limits = ProcessLimits(max_memory_bytes=memory)
     if args.max_procs is not None:

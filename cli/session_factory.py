@@ -19,7 +19,7 @@ from cli.common import (
     positive_int,
     resolve_dirs,
 )
-from cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from cli.sandbox_flags import add_sandbox_flags, check_sandbox_flags, sandbox_options
 
 MODES = ["read-only", "ask", "accept-edits", "auto"]
 TOOL_CHOICES = ["auto", "required", "first", "chain", "none"]
@@ -77,16 +77,18 @@ class SessionPlan:
 
 def plan_session(args: argparse.Namespace, *, task: str = "", replay_history: bool = False
                  ) -> SessionPlan:
-    """Check the flags and build the session options; UsageError on a bad one."""
-    from agent.backends.base import GenParams
-    from agent.loop import LoopConfig
-    from agent.session import SessionOptions
-
+    """Check the flags and build the session options; UsageError on a bad one, found before
+    the agent's packages load (a usage error comes back in a tenth of a second)."""
     repo = Path(args.repo).resolve()
     if not repo.is_dir():
         raise UsageError(f"--repo {args.repo} is not a directory")
     if args.resume and args.cont:
         raise UsageError("give --resume ID or --continue, not both")
+    check_sandbox_flags(args)
+    from agent.backends.base import GenParams
+    from agent.loop import LoopConfig
+    from agent.session import SessionOptions
+
     gen = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     loop = LoopConfig(max_steps=args.max_steps, gen=gen, tool_choice=args.tool_choice)
     options = SessionOptions(permission_mode=args.permission_mode, allow=list(args.allow),

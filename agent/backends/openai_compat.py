@@ -33,6 +33,14 @@ class EndpointError(Exception):
     """The server could not be reached or answered with an error."""
 
 
+class EndpointUnreachable(EndpointError):
+    """Nothing answered at the URL (refused, timed out, no such host)."""
+
+
+class EndpointRefused(EndpointError):
+    """The server refused the API key (401 or 403)."""
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """`openai:URL#MODEL` -> (base URL ending in /v1, model name)."""
     body = spec.removeprefix("openai:")
@@ -82,7 +90,9 @@ class OpenAIBackend(ModelBackend):
         for probe in (self._models_window, self._props_window):
             try:
                 window = probe()
-            except Exception as e:  # an endpoint this server lacks: try the next
+            except (EndpointUnreachable, EndpointRefused):
+                raise  # a server that is down or refuses us: say so now, not mid-turn
+            except EndpointError as e:
                 logging.getLogger(__name__).debug("window probe failed: %s", e)
                 continue
             if window:
@@ -93,14 +103,16 @@ class OpenAIBackend(ModelBackend):
         return FALLBACK_WINDOW
 
     def _models_window(self) -> int | None:
-        for model in self._call(lambda: self.client.models.list()).data:
+        probe = self.client.with_options(max_retries=1)
+        for model in self._call(lambda: probe.models.list()).data:
             if model.id == self.model:
                 return (model.model_extra or {}).get("max_model_len")
         return None
 
     def _props_window(self) -> int | None:
         root = self.url.removesuffix("/v1")
-        props = self._call(lambda: self.client.get(f"{root}/props", cast_to=object))
+        probe = self.client.with_options(max_retries=1)
+        props = self._call(lambda: probe.get(f"{root}/props", cast_to=object))
         settings = props.get("default_generation_settings") or {}
         return props.get("n_ctx") or settings.get("n_ctx")
 
@@ -134,13 +146,14 @@ def _endpoint_error(url: str, e: Exception) -> Exception:
     """The SDK's errors as one line that names the fix; anything else as it is."""
     import openai
 
-    if isinstance(e, openai.AuthenticationError):
-        return EndpointError(f"{url} refused the API key (401); set OPENAI_API_KEY or name "
-                             "the variable with --api-key-env")
+    if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
+        return EndpointRefused(f"{url} refused the API key ({e.status_code}); set "
+                               "OPENAI_API_KEY or name the variable with --api-key-env")
     if isinstance(e, openai.APIStatusError):
         return EndpointError(f"{url} answered {e.status_code}: {str(e.message)[:200]}")
     if isinstance(e, openai.APIConnectionError | openai.APITimeoutError):
-        return EndpointError(f"cannot reach {url} ({type(e).__name__}); is the server running?")
+        return EndpointUnreachable(f"cannot reach {url} ({type(e).__name__}); is the server "
+                                   "running?")
     return e
 
 

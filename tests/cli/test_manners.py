@@ -166,3 +166,45 @@ def test_export_is_compact_and_imports_into_another_store(dirs, capsys, tmp_path
     code, _, err = run(capsys, "sessions", "import", str(bad), "--data-dir", str(elsewhere))
     assert code == 1 and "not a session export" in err and err.count("\n") == 1
     assert len(store.list_sessions()) == 1  # nothing half-imported
+
+
+def test_an_unreachable_server_is_one_line_and_a_plain_folder_one_warning(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    env = dict(os.environ, AGENT_DATA_DIR=str(tmp_path / "d"))
+    done = subprocess.run([AGENT, "run", "--repo", str(plain), "--model",
+                           "openai:http://127.0.0.1:9/v1#m", "hi"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 2, done.stderr
+    assert lines[0].startswith("warning:") and "not in a git repository" in lines[0]
+    assert lines[1].startswith("error: cannot reach http://127.0.0.1:9/v1")
+
+
+def test_the_download_is_told_in_stream_json_and_in_lines(tmp_path, monkeypatch):
+    from agent.events import Progress
+    from cli.download import DownloadReport
+    from runtime import model_cache
+    from runtime.errors import ModelNotFound
+
+    pulled = tmp_path / "model.gguf"
+
+    def not_cached(spec, pull, cache_dir):
+        raise ModelNotFound("not in the cache")
+
+    def pull(spec, progress, cache_dir):
+        pulled.write_bytes(b"GGUF" + bytes(2_000_000))
+        return pulled
+
+    monkeypatch.setattr(model_cache, "resolve_model", not_cached)
+    monkeypatch.setattr(model_cache, "pull", pull)
+    events: list[Progress] = []
+    lines: list[str] = []
+    DownloadReport(events.append, tty=False, err=lines.append).ensure("smollm2", tmp_path)
+    assert [(e.kind, e.done, e.total, e.unit) for e in events] == [
+        ("download", 0, 0, "bytes"), ("download", 2_000_004, 2_000_004, "bytes")]
+    assert lines[0].startswith("downloading model smollm2") and "2.0 MB" in lines[1]
+    monkeypatch.setattr(model_cache, "resolve_model", lambda spec, pull, cache_dir: pulled)
+    events.clear()
+    DownloadReport(events.append, tty=False, err=lines.append).ensure("smollm2", tmp_path)
+    assert events == []  # cached: nothing to tell

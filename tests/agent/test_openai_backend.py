@@ -29,6 +29,7 @@ class Handler(BaseHTTPRequestHandler):
     headers_seen: list[dict] = []
     key = "secret"
     window = 4096
+    flavour = "vllm"
 
     def _authorized(self) -> bool:
         Handler.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
@@ -48,10 +49,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the stdlib's name
         if not self._authorized():
             return
-        if self.path == "/v1/models":
+        if self.path == "/v1/models" and Handler.flavour == "vllm":
             self._json(200, {"object": "list", "data": [
                 {"id": "test-model", "object": "model", "owned_by": "vllm",
                  "max_model_len": Handler.window}]})
+        elif self.path == "/v1/models":  # llama.cpp: the window is in /props
+            self._json(200, {"object": "list", "data": [
+                {"id": "model.gguf", "object": "model", "meta": {"n_ctx_train": 8192}}]})
+        elif self.path == "/props" and Handler.flavour == "llama.cpp":
+            self._json(200, {"default_generation_settings": {"n_ctx": Handler.window // 2}})
         else:
             self._json(404, {"error": {"message": "not found"}})
 
@@ -86,6 +92,7 @@ def server():
     Handler.requests.clear()
     Handler.headers_seen.clear()
     Handler.script = []
+    Handler.flavour = "vllm"
     yield f"openai:http://127.0.0.1:{httpd.server_address[1]}/v1#test-model"
     httpd.shutdown()
 
@@ -188,3 +195,10 @@ def test_a_vllm_style_tool_call_stream_becomes_a_tool_call_and_its_result(server
     assert turn.text == "The answer is 5."
     assert 0 < turn.usage.cached_input_tokens <= turn.usage.input_tokens
     assert turn.usage.input_tokens >= 1893 + 40  # the server's counts, both requests
+
+
+def test_the_window_of_a_llama_cpp_server_comes_from_props(server):
+    Handler.flavour = "llama.cpp"
+    assert OpenAIBackend(server).context_window == Handler.window // 2
+    Handler.flavour = "silent"  # neither: the fallback, with a warning
+    assert OpenAIBackend(server).context_window == 32768

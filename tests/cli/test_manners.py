@@ -11,20 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from cli import build_parser, main
 from memory.store import SessionStore
 
 AGENT = str(Path(sys.executable).parent / "agent")
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-
-    monkeypatch.setenv("AGENT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    yield tmp_path
 
 
 def run(capsys, *argv):

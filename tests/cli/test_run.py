@@ -123,3 +123,36 @@ def test_default_model_writes_a_python_function(env):
     assert done.returncode == 0, done.stderr
     text = json.loads(done.stdout)["text"]
     assert "def " in text and "return" in text
+
+
+def test_an_exported_session_imports_elsewhere_and_resumes(env, repo, tmp_path):
+    first = agent(env, "run", "--repo", str(repo), "--output-format", "json",
+                  "--max-tokens", "16", "--tool-choice", "none", "What is in calc.py?")
+    assert first.returncode in (0, 3), first.stderr
+    sid = json.loads(first.stdout)["session_id"]
+    exported = tmp_path / "session.json"
+    assert agent(env, "sessions", "export", sid, "-o", str(exported)).returncode == 0
+    assert exported.stat().st_size < 40_000  # one array per segment, not one id per line
+    from runtime import settings
+
+    fresh_kv = tmp_path / "fresh-cache"
+    fresh_kv.mkdir()
+    (fresh_kv / "models").symlink_to(settings.cache_dir() / "models", target_is_directory=True)
+    for name, extra in [("same-kv", {}), ("no-pages", {"AGENT_CACHE_DIR": str(fresh_kv)})]:
+        there = dict(env, AGENT_DATA_DIR=str(tmp_path / name), **extra)
+        imported = agent(there, "sessions", "import", str(exported), "--json")
+        assert imported.returncode == 0, imported.stderr
+        new_id = json.loads(imported.stdout)["id"]
+        again = agent(there, "run", "--repo", str(repo), "--resume", new_id, "--output-format",
+                      "json", "--max-tokens", "8", "--tool-choice", "none", "And briefly?")
+        assert again.returncode in (0, 3), again.stderr
+        result = json.loads(again.stdout)
+        assert result["session_id"] == new_id
+        restore = [e for e in result["events"] if e["type"] == "init"][0]
+        assert restore["resumed"]
+        usage = result["usage"]
+        if name == "same-kv":  # the pages are on this disk: the past comes back, not computed
+            assert usage["cached_by_tier"].get("disk", 0) + usage["cached_by_tier"].get(
+                "device", 0) + usage["cached_by_tier"].get("host", 0) > 0, usage
+        else:  # no pages: recomputed, and it still answers
+            assert usage["computed_tokens"] > 0, usage

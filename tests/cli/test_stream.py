@@ -103,3 +103,17 @@ def _loop(max_steps: int):
     from agent.loop import LoopConfig
 
     return LoopConfig(max_steps=max_steps)
+
+
+def test_a_session_that_cannot_open_is_one_error_then_the_result(repo, tmp_path):
+    store = SessionStore(tmp_path / "data")
+    other = store.create_session(str(repo), "another-model", "another-fingerprint", "old")
+    store.release_lock(other.id)
+    session = AgentSession(ScriptedBackend(["never"]), repo, store, resume_id=other.id)
+    lines: list[dict] = []
+    renderer = HeadlessRenderer(session, "stream-json", out=print, out_json=lines.append,
+                                err=lambda text: None, tasks=["hi"])
+    assert renderer.drain() == "error"
+    validate_lines(lines)
+    assert lines[0]["fatal"] and "--model another-model" in lines[0]["message"]
+    assert lines[-1]["subtype"] == "error" and lines[-1]["is_error"]

@@ -11,6 +11,8 @@ Files:
 - mamba2.py: the Mamba-2 mixer (conv, selective scan, grouped gated norm).
 - nemotron_h.py: Nemotron-H: Mamba-2, rope-less attention and squared-ReLU MLP blocks.
 - recurrent_state.py: the linear layers' per-sequence states in slots, bound per forward.
+- mla.py: multi-head latent attention (one cached latent row per token; absorbed decode).
+- deepseek_v3.py: DeepSeek-V3 and GLM-4.7-Flash (MLA, grouped sigmoid router, shared experts).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from runtime.config import ModelConfig
 from runtime.errors import UnsupportedModel
+from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.gpt_oss import GptOssForCausalLM
 from runtime.models.llama import CausalLM
 from runtime.models.nemotron_h import NemotronHForCausalLM
@@ -36,6 +39,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "qwen3_5": Qwen3NextForCausalLM,
     "qwen3_5_moe": Qwen3NextForCausalLM,
     "nemotron_h": NemotronHForCausalLM,
+    "deepseek_v3": DeepseekV3ForCausalLM,
+    "glm4_moe_lite": DeepseekV3ForCausalLM,
 }
 
 

@@ -29,7 +29,8 @@ class PagedRunner:
         num_pages: int = 64,
         dtype: torch.dtype = torch.float32,
     ):
-        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
+        planes, heads, dim = cfg.kv_row()
+        layout = KVLayout(cfg.num_layers, heads, dim, page_size, dtype, planes)
         self.model = model
         self.pool = DevicePagePool(layout, num_pages)
         self.backend = TorchReferenceBackend()

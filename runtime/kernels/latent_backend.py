@@ -52,11 +52,17 @@ _INSTANCES: dict[str, LatentAttentionBackend] = {}
 
 
 def latent_backend(attention_backend: str) -> LatentAttentionBackend:
-    """The latent backend beside a regular attention backend. The torch reference serves
-    every device (its ops run on CUDA too) until the Triton kernels land."""
-    name = "torch"
+    """The latent backend beside a regular attention backend: the Triton kernel next to the
+    Triton backend (its decode replays in CUDA graphs), the torch reference otherwise.
+    Each is imported when first chosen."""
+    name = "triton" if attention_backend == "triton" else "torch"
     if name not in _INSTANCES:
-        from runtime.kernels.torch_mla import TorchLatentBackend  # imported only when used
+        if name == "triton":
+            from runtime.kernels.triton_mla import TritonLatentBackend
 
-        _INSTANCES[name] = TorchLatentBackend()
+            _INSTANCES[name] = TritonLatentBackend()
+        else:
+            from runtime.kernels.torch_mla import TorchLatentBackend
+
+            _INSTANCES[name] = TorchLatentBackend()
     return _INSTANCES[name]

@@ -207,7 +207,12 @@ class V4Model(nn.Module):
 
 
 class DeepseekV4ForCausalLM(CausalLM):
-    """The DeepSeek-V4 CausalLM; `keeps_fp32` names the parameters loaded in fp32."""
+    """The DeepSeek-V4 CausalLM; `keeps_fp32` names the parameters loaded in fp32.
+
+    Its attention loops over the batch's sequences on the host (their windows and entries
+    differ), so decode steps are not captured in CUDA graphs (`graph_safe`)."""
+
+    graph_safe = False
 
     @staticmethod
     def make_decoder(cfg: ModelConfig, mlp_for) -> nn.Module:

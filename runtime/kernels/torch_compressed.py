@@ -33,18 +33,18 @@ def rope_tail(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def pool_windows(kv: Tensor, gate: Tensor, bias: Tensor, windows: Tensor, rate: int,
-                 overlap: bool) -> Tensor:
-    """Pre-norm entries of `windows` (n,) from one sequence's per-token compressor inputs
-    kv, gate `(S, C)` and the position bias `(rate, C)`; `(n, D)` with D = C / 2 (overlap)
-    or C."""
+                 overlap: bool, origin: int = 0) -> Tensor:
+    """Pre-norm entries of `windows` (n,) from per-token compressor inputs kv, gate `(S, C)`
+    of tokens `origin ..` (every token the windows read) and the position bias `(rate, C)`;
+    `(n, D)` with D = C / 2 (overlap) or C."""
     offsets = torch.arange(rate, device=kv.device)
-    cur = windows[:, None] * rate + offsets  # (n, rate) token ids
+    cur = windows[:, None] * rate + offsets - origin  # (n, rate) rows of the window's tokens
     g = gate[cur] + bias  # (n, rate, C) fp32, as HF adds the fp32 bias
     if not overlap:
         return (kv[cur] * g.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1)
     d = kv.shape[1] // 2
-    prev = (cur - rate).clamp(min=0)
     first = (windows == 0)[:, None, None]  # window 0 has no previous window: weight zero
+    prev = torch.where(first[..., 0], cur, cur - rate)
     kv_a = kv[prev][..., :d].masked_fill(first, 0.0)
     g_a = (gate[prev] + bias)[..., :d].masked_fill(first, float("-inf"))
     slots_kv = torch.cat([kv_a, kv[cur][..., d:]], dim=1)  # (n, 2 rate, D)

@@ -88,15 +88,9 @@ class Compressor(nn.Module):
         self.indexer = Indexer(cfg) if overlap else None
 
 
-@dataclass
-class _Sequence:
-    """One sequence of the forward: its rows gathered, its queries' range and positions."""
-
-    rows: Tensor  # (S, width) every token's row, this forward's included
-    table: Tensor  # its block table
-    start: int  # first new position
-    end: int  # kv length after the forward
-    q_rows: slice  # its queries' rows in the flattened batch
+def token_rows(cache: Tensor, table: Tensor, tokens: Tensor, page_size: int) -> Tensor:
+    """The rows `(n, width)` of one sequence's `tokens` (n,), read through its block table."""
+    return cache[table[tokens // page_size].long(), tokens % page_size, 0]
 
 
 class CompressedAttention(nn.Module):
@@ -134,12 +128,12 @@ class CompressedAttention(nn.Module):
         kv = rope_tail(self.kv_norm(ctx.ops.linear(x, self.kv_proj)), cos, sin)  # (T, D)
         cache = ctx.kv[self.layer_idx][0]
         self._store(cache, x, kv, ctx)
-        out = torch.empty_like(q)
-        for seq in self._sequences(cache, ctx):
-            if self.compressor is not None:
-                self._close_windows(cache, seq, ropes, ctx)
-            out[seq.q_rows] = self._attend(q[seq.q_rows], seq, x[seq.q_rows],
-                                           q_res[seq.q_rows], ropes, positions[seq.q_rows])
+        if self.compressor is not None:
+            self._close_windows(cache, ropes, ctx)
+        if ctx.backend.name == "triton":
+            out = self._attend_triton(q, cache, x, q_res, ropes, positions, ctx)
+        else:
+            out = self._attend_torch(q, cache, x, q_res, ropes, positions, ctx)
         out = rope_tail(out, cos, -sin)  # the output's rope slice back to position zero
         return ctx.ops.linear(self._grouped(out.reshape(t, -1)), self.o_b_proj)
 
@@ -165,66 +159,91 @@ class CompressedAttention(nn.Module):
         for field, value in values:
             cache[pages, offsets, 0, field] = value.to(cache.dtype)
 
-    def _sequences(self, cache: Tensor, ctx: ForwardContext):
-        start = 0
-        for b, (q_len, kv_len) in enumerate(zip(ctx.meta.query_lens_cpu, ctx.meta.seq_lens_cpu)):
-            table = ctx.meta.block_tables[b]
-            rows = gather_kv(cache, table, kv_len)[:, 0]  # (S, width)
-            yield _Sequence(rows, table, kv_len - q_len, kv_len, slice(start, start + q_len))
-            start += q_len
-
-    def _close_windows(self, cache: Tensor, seq: _Sequence, ropes: Ropes,
-                       ctx: ForwardContext) -> None:
-        """Pool every window this forward's tokens close; write its entry (and indexer key)
-        at the window's last token, in the pages and in `seq.rows`."""
-        comp, f = self.compressor, self.fields
+    def _close_windows(self, cache: Tensor, ropes: Ropes, ctx: ForwardContext) -> None:
+        """Pool every window this forward's tokens close, reading only the tokens it needs;
+        write its entry (and indexer key) into the row of the window's last token."""
+        comp, f, meta = self.compressor, self.fields, ctx.meta
         assert comp is not None
-        rate = comp.rate
-        windows = torch.arange(seq.start // rate, seq.end // rate, device=seq.rows.device)
-        if windows.numel() == 0:
-            return
-        cos, sin = ropes.at("compress", windows * rate)
-        last = (windows + 1) * rate - 1  # the closing tokens
-        slots = seq.table[last // ctx.meta.page_size].long(), last % ctx.meta.page_size
-        parts = [(f.entry, comp.kv_norm, f.comp_kv, f.comp_gate, comp.position_bias)]
-        if comp.indexer is not None:
-            ix = comp.indexer
-            parts.append((f.idx_key, ix.kv_norm, f.idx_kv, f.idx_gate, ix.position_bias))
-        for field, norm, kv_f, gate_f, bias in parts:
-            pooled = pool_windows(seq.rows[:, kv_f], seq.rows[:, gate_f], bias.float(), windows,
-                                  rate, comp.overlap)
-            entry = rope_tail(norm(pooled)[:, None], cos, sin)[:, 0].to(cache.dtype)
-            cache[slots[0], slots[1], 0, field] = entry
-            seq.rows[last, field] = entry
+        rate, page = comp.rate, meta.page_size
+        for b, (q_len, end) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            first, stop = (end - q_len) // rate, end // rate
+            if first == stop:
+                continue
+            table, origin = meta.block_tables[b], max(0, (first - 1) * rate)
+            device = cache.device
+            rows = token_rows(cache, table, torch.arange(origin, stop * rate, device=device),
+                              page)
+            windows = torch.arange(first, stop, device=device)
+            cos, sin = ropes.at("compress", windows * rate)
+            last = (windows + 1) * rate - 1
+            parts = [(f.entry, comp.kv_norm, f.comp_kv, f.comp_gate, comp.position_bias)]
+            if comp.indexer is not None:
+                ix = comp.indexer
+                parts.append((f.idx_key, ix.kv_norm, f.idx_kv, f.idx_gate, ix.position_bias))
+            pages, offsets = table[last // page].long(), last % page
+            for field, norm, kv_f, gate_f, bias in parts:
+                pooled = pool_windows(rows[:, kv_f], rows[:, gate_f], bias.float(), windows,
+                                      rate, comp.overlap, origin)
+                entry = rope_tail(norm(pooled)[:, None], cos, sin)[:, 0]
+                cache[pages, offsets, 0, field] = entry.to(cache.dtype)
 
-    def _attend(self, q: Tensor, seq: _Sequence, x: Tensor, q_res: Tensor, ropes: Ropes,
-                positions: Tensor) -> Tensor:
-        """q `(n_q, H, D)` over the window keys and the chosen compressed entries."""
-        w, f = self.v4.sliding_window, self.fields
-        lo = max(0, seq.start - w + 1)
-        cols = torch.arange(lo, seq.end, device=q.device)[None, :]
-        p = positions[:, None]
-        keys, allowed = seq.rows[lo:, f.kv], (cols <= p) & (cols > p - w)
-        if self.compressor is not None and seq.end // self.compressor.rate > 0:
-            entries, chosen = self._entries(seq, x, q_res, ropes, positions)
-            keys, allowed = torch.cat([keys, entries]), torch.cat([allowed, chosen], dim=1)
-        return sink_attention(q, keys, allowed, self.sinks, self.scale)
-
-    def _entries(self, seq: _Sequence, x: Tensor, q_res: Tensor, ropes: Ropes,
-                 positions: Tensor) -> tuple[Tensor, Tensor]:
-        """The sequence's compressed entries and which of them each query attends."""
-        comp, f = self.compressor, self.fields
-        assert comp is not None
-        n = seq.end // comp.rate
-        last = (torch.arange(n, device=x.device) + 1) * comp.rate - 1
-        visible = visible_entries(positions, comp.rate, n)
-        if comp.indexer is None:
-            return seq.rows[last, f.entry], visible
-        ix, v4 = comp.indexer, self.v4
+    def _indexer_inputs(self, x: Tensor, q_res: Tensor, ropes: Ropes, positions: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+        """The indexer's rotated queries `(T, Hi, Di)` and head weights `(T, Hi)` fp32."""
+        ix, v4 = self.compressor.indexer, self.v4
         cos, sin = ropes.at("compress", positions)
         qi = ix.q_b_proj(q_res).view(x.shape[0], v4.index_n_heads, v4.index_head_dim)
-        qi = rope_tail(qi, cos, sin)
         weights = ix.scorer.weights_proj(x).float() * v4.index_n_heads**-0.5
-        chosen = indexer_select(qi, weights, seq.rows[last, f.idx_key], visible, v4.index_topk,
-                                v4.index_head_dim**-0.5)
-        return seq.rows[last, f.entry], chosen
+        return rope_tail(qi, cos, sin), weights
+
+    def _attend_torch(self, q: Tensor, cache: Tensor, x: Tensor, q_res: Tensor, ropes: Ropes,
+                      positions: Tensor, ctx: ForwardContext) -> Tensor:
+        """The reference: per sequence, gather its rows, mask, softmax with sinks."""
+        out, w, f, meta = torch.empty_like(q), self.v4.sliding_window, self.fields, ctx.meta
+        comp = self.compressor
+        if comp is not None and comp.indexer is not None:
+            qi, weights = self._indexer_inputs(x, q_res, ropes, positions)
+        start = 0
+        for b, (q_len, end) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            rows_q = slice(start, start + q_len)
+            start += q_len
+            rows = gather_kv(cache, meta.block_tables[b], end)[:, 0]  # (S, width)
+            lo = max(0, end - q_len - w + 1)
+            cols = torch.arange(lo, end, device=q.device)[None, :]
+            p = positions[rows_q, None]
+            keys, allowed = rows[lo:, f.kv], (cols <= p) & (cols > p - w)
+            if comp is not None and end // comp.rate > 0:
+                n = end // comp.rate
+                last = (torch.arange(n, device=q.device) + 1) * comp.rate - 1
+                chosen = visible_entries(positions[rows_q], comp.rate, n)
+                if comp.indexer is not None:
+                    chosen = indexer_select(qi[rows_q], weights[rows_q], rows[last, f.idx_key],
+                                            chosen, self.v4.index_topk,
+                                            self.v4.index_head_dim**-0.5)
+                keys = torch.cat([keys, rows[last, f.entry]])
+                allowed = torch.cat([allowed, chosen], dim=1)
+            out[rows_q] = sink_attention(q[rows_q], keys, allowed, self.sinks, self.scale)
+        return out
+
+    def _attend_triton(self, q: Tensor, cache: Tensor, x: Tensor, q_res: Tensor, ropes: Ropes,
+                       positions: Tensor, ctx: ForwardContext) -> Tensor:
+        """The kernels: indexer scores, torch.topk, sparse attention, all queries at once."""
+        from runtime.kernels.triton_compressed import indexer_scores, sparse_attention
+        from runtime.kernels.triton_mla import query_tokens
+
+        meta, f, comp = ctx.meta, self.fields, self.compressor
+        seq, pos = query_tokens(meta)
+        rate, chosen = (comp.rate if comp is not None else 0), None
+        if comp is not None and comp.indexer is not None:
+            qi, weights = self._indexer_inputs(x, q_res, ropes, positions)
+            n_max = max(1, meta.max_seq_len // rate)
+            scores = indexer_scores(qi.contiguous(), weights.contiguous(), cache,
+                                    meta.block_tables, seq, pos, f.idx_key.start, rate, n_max,
+                                    self.v4.index_head_dim**-0.5)
+            top = scores.topk(min(self.v4.index_topk, n_max), dim=-1)
+            chosen = torch.where(torch.isinf(top.values), -1, top.indices).to(torch.int32)
+        return sparse_attention(q.contiguous(), cache, meta.block_tables, seq, pos,
+                                self.sinks.float(), self.scale, kv_offset=f.kv.start,
+                                window=self.v4.sliding_window,
+                                entry_offset=f.entry.start if f.entry else 0, rate=rate,
+                                chosen=chosen)

@@ -122,14 +122,18 @@ def hf_logits(hf, ids: list[int]) -> torch.Tensor:
 
 
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    """The tokens `generate(do_sample=False)` appends to `ids` (at most `n`, no eos stop)."""
+    """The tokens `generate(do_sample=False)` appends to `ids` (at most `n`, no eos stop).
+
+    The pad id is one the prompt lacks: generate masks every prompt token equal to it."""
+    used = set(ids)
+    pad = next(t for t in range(hf.config.vocab_size) if t not in used)
     with torch.no_grad():
         out = hf.generate(
             torch.tensor([ids]),
             max_new_tokens=n,
             do_sample=False,
             eos_token_id=None,
-            pad_token_id=0,
+            pad_token_id=pad,
         )
     return out[0, len(ids) :].tolist()
 

@@ -88,6 +88,13 @@ class Compressor(nn.Module):
         self.indexer = Indexer(cfg) if overlap else None
 
 
+def fp32_linear(x: Tensor, linear: nn.Linear, ctx: ForwardContext | None = None) -> Tensor:
+    """A projection whose weights stay in fp32 whatever the model's dtype (the compressors'
+    and the indexer's, as transformers keeps them): the input is cast to them."""
+    x = x.to(linear.weight.dtype)
+    return linear(x) if ctx is None else ctx.ops.linear(x, linear)
+
+
 def token_rows(cache: Tensor, table: Tensor, tokens: Tensor, page_size: int) -> Tensor:
     """The rows `(n, width)` of one sequence's `tokens` (n,), read through its block table."""
     return cache[table[tokens // page_size].long(), tokens % page_size, 0]
@@ -151,11 +158,11 @@ class CompressedAttention(nn.Module):
         values = [(f.kv, kv)]
         comp = self.compressor
         if comp is not None:
-            values += [(f.comp_kv, ctx.ops.linear(x, comp.kv_proj)),
-                       (f.comp_gate, ctx.ops.linear(x, comp.gate_proj))]
+            values += [(f.comp_kv, fp32_linear(x, comp.kv_proj, ctx)),
+                       (f.comp_gate, fp32_linear(x, comp.gate_proj, ctx))]
             if comp.indexer is not None:
-                values += [(f.idx_kv, ctx.ops.linear(x, comp.indexer.kv_proj)),
-                           (f.idx_gate, ctx.ops.linear(x, comp.indexer.gate_proj))]
+                values += [(f.idx_kv, fp32_linear(x, comp.indexer.kv_proj, ctx)),
+                           (f.idx_gate, fp32_linear(x, comp.indexer.gate_proj, ctx))]
         for field, value in values:
             cache[pages, offsets, 0, field] = value.to(cache.dtype)
 
@@ -193,7 +200,7 @@ class CompressedAttention(nn.Module):
         ix, v4 = self.compressor.indexer, self.v4
         cos, sin = ropes.at("compress", positions)
         qi = ix.q_b_proj(q_res).view(x.shape[0], v4.index_n_heads, v4.index_head_dim)
-        weights = ix.scorer.weights_proj(x).float() * v4.index_n_heads**-0.5
+        weights = fp32_linear(x, ix.scorer.weights_proj).float() * v4.index_n_heads**-0.5
         return rope_tail(qi, cos, sin), weights
 
     def _attend_torch(self, q: Tensor, cache: Tensor, x: Tensor, q_res: Tensor, ropes: Ropes,

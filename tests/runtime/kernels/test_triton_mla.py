@@ -49,3 +49,18 @@ def test_kernel_in_bf16_on_the_gpu(paged, rel):
                                        w_kv.double(), p.meta, 0.05)
     got = TritonLatentBackend().decode(q_nope, q_rope, p.k_cache, w_kv, p.meta, 0.05)
     assert rel(got, want) < 2e-2
+
+
+@pytest.mark.parametrize("splits", [2, 5, 16])
+def test_split_keys_merge_to_the_unsplit_result(paged, rel, splits):
+    """Flash-decoding splits (some empty for the shorter sequences) merge to the same output."""
+    from runtime.kernels.triton_mla import latent_attention, query_tokens
+
+    p, q_nope, q_rope, w_kv = inputs(paged, [3, 70, 129], [1, 1, 1], 4, 32, 8, 16,
+                                     torch.float32)
+    q_lat = torch.einsum("thd,hdr->thr", q_nope, w_kv[:, :16]).contiguous()
+    seq, pos = query_tokens(p.meta)
+    args = (q_lat, q_rope, p.k_cache, p.meta.block_tables, seq, pos, 0.2)
+    one = latent_attention(*args, max_keys=129, splits=1)
+    many = latent_attention(*args, max_keys=129, splits=splits)
+    assert rel(many, one) < 1e-6

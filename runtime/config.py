@@ -136,9 +136,7 @@ class ModelConfig:
         if self.mla is not None:
             return 1, 1, self.mla.latent_dim
         if self.v4 is not None:
-            from runtime.models.compressed_rows import row_width
-
-            return 1, 1, row_width(self)
+            return 1, 1, self.v4.row_width(self.head_dim)
         return 2, self.num_kv_heads, self.head_dim
 
     @property

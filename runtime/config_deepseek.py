@@ -93,6 +93,22 @@ class CompressedAttention:
         kind = self.layer_kinds[layer]
         return {SLIDING_ONLY: 0, CSA: self.csa_rate, HCA: self.hca_rate}[kind]
 
+    def row_sizes(self, layer: int, head_dim: int) -> list[tuple[str, int]]:
+        """The named fields of `layer`'s per-token cache row, in order, with their sizes
+        (runtime/models/compressed_rows.py says what each holds)."""
+        d, di, kind = head_dim, self.index_head_dim, self.layer_kinds[layer]
+        if kind == HCA:
+            return [("kv", d), ("comp_kv", d), ("comp_gate", d), ("entry", d)]
+        if kind == CSA:
+            return [("kv", d), ("comp_kv", 2 * d), ("comp_gate", 2 * d), ("entry", d),
+                    ("idx_kv", 2 * di), ("idx_gate", 2 * di), ("idx_key", di)]
+        return [("kv", d)]
+
+    def row_width(self, head_dim: int) -> int:
+        """Elements per token and layer of a page: the widest layer's row."""
+        return max(sum(size for _, size in self.row_sizes(i, head_dim))
+                   for i in range(len(self.layer_kinds)))
+
 
 def deepseek_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
     """The ModelConfig fields of a DeepSeek-family `config.json` (empty for other families)."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.config import ModelConfig
-from runtime.config_deepseek import CSA, HCA
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,10 @@ def _fields(sizes: list[tuple[str, int]]) -> RowFields:
 def row_fields(cfg: ModelConfig, layer: int) -> RowFields:
     """The fields of layer `layer`'s row."""
     assert cfg.v4 is not None
-    d, kind = cfg.head_dim, cfg.v4.layer_kinds[layer]
-    if kind == HCA:
-        return _fields([("kv", d), ("comp_kv", d), ("comp_gate", d), ("entry", d)])
-    if kind == CSA:
-        di = cfg.v4.index_head_dim
-        return _fields([("kv", d), ("comp_kv", 2 * d), ("comp_gate", 2 * d), ("entry", d),
-                        ("idx_kv", 2 * di), ("idx_gate", 2 * di), ("idx_key", di)])
-    return _fields([("kv", d)])
+    return _fields(cfg.v4.row_sizes(layer, cfg.head_dim))
 
 
 def row_width(cfg: ModelConfig) -> int:
     """Elements per token and layer of a V4 page: the widest layer's row."""
-    return max(row_fields(cfg, i).width for i in range(cfg.num_layers))
+    assert cfg.v4 is not None
+    return cfg.v4.row_width(cfg.head_dim)

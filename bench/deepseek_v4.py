@@ -40,6 +40,9 @@ from runtime.kernels.backend import create_backend  # noqa: E402
 from runtime.kernels.layer_ops import layer_ops  # noqa: E402
 from runtime.models import build_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deepseek_mla import ceilings  # noqa: E402  (the measured copy and matmul ceilings)
+
 PAGE = 256
 FLASH = {"vocab_size": 129280, "hidden_size": 4096, "moe_intermediate_size": 2048,
          "num_attention_heads": 64, "num_key_value_heads": 1, "head_dim": 512,
@@ -105,26 +108,6 @@ class Bench:
     def decode(self, at: int, steps: int) -> float:
         self.forward(at, 1)  # warm
         return sorted(self.forward(at, 1) for _ in range(steps))[steps // 2]
-
-
-def ceilings() -> tuple[float, float]:
-    """Measured copy bandwidth (bytes/s, read + write) and bf16 matmul rate (FLOP/s)."""
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for fn in (lambda: y.copy_(x), lambda: a @ a):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    bw = 10 * 2 * x.numel() / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ a
-    torch.cuda.synchronize()
-    return bw, 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
 def bounds(cfg: ModelConfig, model, context: int, bw: float, flops: float) -> dict:

@@ -17,6 +17,7 @@ from gguf.constants import MODEL_ARCH, MODEL_TENSOR, MODEL_TENSORS, TENSOR_NAMES
 from runtime.errors import CorruptModelFile
 from runtime.loader import load_model
 from tests.runtime.helpers import PagedRunner, assert_close_logits, hf_greedy, hf_logits, prompt_ids
+from tests.runtime.test_loaders import add_shape_metadata
 from tests.runtime.test_mla_models import CASES, tiny_mla
 
 T, ARCH = MODEL_TENSOR, MODEL_ARCH.DEEPSEEK2
@@ -71,14 +72,7 @@ def gguf_tensors(hf, split_kv_b: bool) -> dict[str, np.ndarray]:
 def write(path, hf, tensors) -> None:
     cfg = hf.config
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[ARCH])
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(1)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_shape_metadata(w, cfg)
     w.add_q_lora_rank(cfg.q_lora_rank)
     w.add_kv_lora_rank(cfg.kv_lora_rank)
     w.add_key_length_mla(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)

@@ -26,13 +26,13 @@ from runtime.engine.kv_pages import PrivatePages
 from runtime.engine.sampling import SamplingParams
 from runtime.kernels.torch_ref import TorchReferenceBackend
 from runtime.loader import load_model
-from tests.runtime.helpers import PagedRunner, prompt_ids
+from tests.runtime.engine.test_hybrid_engine import PAGE, N, alone, generate
+from tests.runtime.helpers import prompt_ids
 from tests.runtime.test_deepseek_v4 import CASES as V4_CASES
 from tests.runtime.test_deepseek_v4 import tiny_v4
 from tests.runtime.test_mla_models import CASES as MLA_CASES
 from tests.runtime.test_mla_models import tiny_mla
 
-PAGE, N = 8, 12
 FP = b"d" * 32
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -63,21 +63,6 @@ def make_engine(loaded, kv=None, chunk=7):
 def tiered(loaded, disk):
     return make_engine(loaded, TieredKVCache(layout_of(loaded.config), 64, 64, FP,
                                              disk_dir=disk), chunk=5)
-
-
-def generate(engine, seq, n=N):
-    return [e.token_id for e in engine.generate(seq, SamplingParams(max_tokens=n))]
-
-
-_ALONE: dict[tuple, list[int]] = {}
-
-
-def alone(loaded, prompt, n=N):
-    key = (id(loaded), tuple(prompt), n)
-    if key not in _ALONE:
-        _ALONE[key] = PagedRunner(loaded.model, loaded.config, page_size=PAGE).greedy(
-            prompt, n, [64])
-    return _ALONE[key]
 
 
 PROMPTS = [prompt_ids(256, 45, seed=1), prompt_ids(256, 9, seed=2), prompt_ids(256, 26, seed=3)]

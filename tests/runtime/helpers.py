@@ -173,3 +173,18 @@ def check_bf16(hf, loaded, prompt_len: int = 40) -> None:
     ours = PagedRunner(half.model, half.config, dtype=torch.bfloat16).prefill(ids, [13])
     theirs = hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids)
     assert (ours - ref).abs().mean() <= 2 * (theirs - ref).abs().mean()
+
+
+def randomize(model, num_experts: int = 8):
+    """Seeded random weights for a transformers model, large enough that greedy steps are no
+    ties: norms 1 + N(0, 0.2), the rest N(0, 0.2); DeepSeek's router buffers too (the hash
+    table `tid2eid` uniform over the experts, the correction bias N(0, 0.1))."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.2)
+        for name, b in model.named_buffers():
+            if name.endswith("tid2eid"):
+                b.copy_(torch.randint(0, num_experts, b.shape))
+            elif name.endswith("e_score_correction_bias"):
+                b.normal_(0, 0.1)  # the choice of experts, not their weights, sees it
+    return model.eval()

@@ -28,6 +28,7 @@ from tests.runtime.helpers import (
     check_prefill,
     hf_logits,
     prompt_ids,
+    randomize,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -59,15 +60,7 @@ def tiny_v4(extra: dict):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
         config, attn_implementation="eager", experts_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.2)
-        for name, b in model.named_buffers():
-            if name.endswith("tid2eid"):
-                b.copy_(torch.randint(0, 8, b.shape))
-            elif name.endswith("e_score_correction_bias"):
-                b.normal_(0, 0.1)
-    return model.eval()
+    return randomize(model)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])

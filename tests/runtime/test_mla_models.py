@@ -18,6 +18,7 @@ from tests.runtime.helpers import (
     check_bf16,
     check_greedy,
     check_prefill,
+    randomize,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -58,13 +59,7 @@ def tiny_mla(cls_name: str, extra: dict):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
         config, attn_implementation="eager", experts_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.2)
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.normal_(0, 0.1)  # the choice, not the weights, sees it
-    return model.eval()
+    return randomize(model)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])

@@ -88,11 +88,11 @@ class Compressor(nn.Module):
         self.indexer = Indexer(cfg) if overlap else None
 
 
-def fp32_linear(x: Tensor, linear: nn.Linear, ctx: ForwardContext | None = None) -> Tensor:
+def fp32_linear(x: Tensor, linear: nn.Linear) -> Tensor:
     """A projection whose weights stay in fp32 whatever the model's dtype (the compressors'
-    and the indexer's, as transformers keeps them): the input is cast to them."""
-    x = x.to(linear.weight.dtype)
-    return linear(x) if ctx is None else ctx.ops.linear(x, linear)
+    and the indexer's, as transformers keeps them): the input is cast to them, and plain torch
+    computes it (the device's layer ops are tuned for the model's dtype)."""
+    return linear(x.to(linear.weight.dtype))
 
 
 def token_rows(cache: Tensor, table: Tensor, tokens: Tensor, page_size: int) -> Tensor:
@@ -158,11 +158,11 @@ class CompressedAttention(nn.Module):
         values = [(f.kv, kv)]
         comp = self.compressor
         if comp is not None:
-            values += [(f.comp_kv, fp32_linear(x, comp.kv_proj, ctx)),
-                       (f.comp_gate, fp32_linear(x, comp.gate_proj, ctx))]
+            values += [(f.comp_kv, fp32_linear(x, comp.kv_proj)),
+                       (f.comp_gate, fp32_linear(x, comp.gate_proj))]
             if comp.indexer is not None:
-                values += [(f.idx_kv, fp32_linear(x, comp.indexer.kv_proj, ctx)),
-                           (f.idx_gate, fp32_linear(x, comp.indexer.gate_proj, ctx))]
+                values += [(f.idx_kv, fp32_linear(x, comp.indexer.kv_proj)),
+                           (f.idx_gate, fp32_linear(x, comp.indexer.gate_proj))]
         for field, value in values:
             cache[pages, offsets, 0, field] = value.to(cache.dtype)
 

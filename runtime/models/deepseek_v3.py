@@ -83,8 +83,8 @@ class DeepseekMoE(nn.Module):
         self.shared_experts = MLP(replace(cfg, intermediate_size=shared))
 
     def forward(self, x: Tensor, ops: LayerOps) -> Tensor:
-        ids, weights = self.gate(x)
-        return ops.moe(x, ids, weights, self.experts) + self.shared_experts(x, ops)
+        ids, weights = self.gate(x)  # fp32 weights, applied in x's dtype as the ops do
+        return ops.moe(x, ids, weights.to(x.dtype), self.experts) + self.shared_experts(x, ops)
 
 
 class LatentDecoderLayer(nn.Module):

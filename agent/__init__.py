@@ -15,6 +15,7 @@ Files:
 - line_mutations.py: likely one-place repairs of a line of code, for weak models' edits.
 - tool_calls.py: parsing Hermes and Llama 3.1 tool calls; malformed calls become errors.
 - harmony.py: gpt-oss's harmony messages: channels, the final text, functions.NAME calls.
+- deepseek_tool_calls.py: DeepSeek's DSML and V3 / V3.1 call markers, GLM-4.7's arg pairs.
 - workspace.py: the sandbox: paths outside the repository, `.git/` and hook writes refused;
   reads and writes confined by descriptor (O_NOFOLLOW walk), writes via temp file + rename.
 - permissions.py: modes and allow/deny rules; `may_read` for files tools read on their own.

@@ -1,5 +1,6 @@
-"""Find tool calls in model output: Hermes `<tool_call>{json}</tool_call>`, Llama 3.1 JSON, and
-gpt-oss's harmony messages (agent/harmony.py).
+"""Find tool calls in model output: Hermes `<tool_call>{json}</tool_call>`, Llama 3.1 JSON,
+gpt-oss's harmony messages (agent/harmony.py), and DeepSeek's and GLM's markup
+(agent/deepseek_tool_calls.py).
 
 Arguments are held to what every later step can carry (the store, the tokenizer, pydantic):
 `load_json` and `check_json` turn NaN and infinities, lone surrogates, integers past 64 bits,
@@ -46,10 +47,12 @@ class ParsedOutput:
 
 def parse_tool_calls(output: str, first_id: int = 1) -> ParsedOutput:
     """Parse every call in `output`; malformed calls come back with `error` set, never raised."""
-    from agent import harmony  # it builds on this module's types: imported here, not above
+    from agent import deepseek_tool_calls, harmony  # they build on this module's types
 
     if harmony.is_harmony(output):
         return harmony.parse_harmony(output, first_id)
+    if deepseek_tool_calls.is_deepseek(output):
+        return deepseek_tool_calls.parse_deepseek(output, first_id)
     if "<tool_call>" in output:
         bodies = _HERMES.findall(output)
         text = output[: output.index("<tool_call>")].strip()
@@ -129,6 +132,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _parse_body(body: str, call_id: str) -> ToolCall:
+    from agent import deepseek_tool_calls as glm
+
+    if glm.is_glm_body(body):  # GLM-4.7: `NAME<arg_key>k</arg_key><arg_value>v</arg_value>`
+        return glm.parse_glm_body(body, call_id)
     try:
         obj = load_json(body)
     except BadArguments as e:

@@ -57,8 +57,10 @@ class DevicePagePool:
         return self._bytes[page]
 
     def layer_views(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, the (k, v) views `[num_pages, page_size, kv_heads, head_dim]` (strided)."""
-        return [(self.data[:, i, 0], self.data[:, i, 1]) for i in range(self.layout.num_layers)]
+        """Per layer, the (k, v) views `[num_pages, page_size, kv_heads, head_dim]` (strided);
+        a one-plane layout (latent rows) gives its plane twice."""
+        v = self.layout.planes - 1
+        return [(self.data[:, i, 0], self.data[:, i, v]) for i in range(self.layout.num_layers)]
 
     def copy_page(self, src: int, dst: int) -> None:
         """Copy one whole page (all layers) within the pool; used for copy-on-write forks."""

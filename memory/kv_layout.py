@@ -20,6 +20,10 @@ class KVLayout:
     With `dtype` fp8 (e4m3) each head's row is `head_dim + 4` bytes: the values, then the fp32
     scale they were quantized with (one per token and KV head; runtime/kernels/fp8_kv.py), so
     scales travel inside the page through every tier.
+
+    `planes` is 2 (keys, values) for attention. Latent and compressed attention keep one
+    plane (`planes=1`, `num_kv_heads=1`) whose rows are the model's per-token cache rows: MLA's
+    latent (kv_lora_rank + rope dims), DeepSeek-V4's window key, compressor inputs and entries.
     """
 
     num_layers: int
@@ -27,6 +31,7 @@ class KVLayout:
     head_dim: int
     page_size: int
     dtype: torch.dtype
+    planes: int = 2
 
     @property
     def scaled(self) -> bool:
@@ -40,7 +45,7 @@ class KVLayout:
 
     @property
     def page_shape(self) -> tuple[int, int, int, int, int]:
-        return (self.num_layers, 2, self.page_size, self.num_kv_heads, self.row_dim)
+        return (self.num_layers, self.planes, self.page_size, self.num_kv_heads, self.row_dim)
 
     @property
     def page_numel(self) -> int:
@@ -62,4 +67,6 @@ class KVLayout:
         dt = str(self.dtype).removeprefix("torch.")
         if self.scaled:
             dt += "+f32scale/token/head"
-        return f"L{self.num_layers}xKV{self.num_kv_heads}xD{self.head_dim}xP{self.page_size}:{dt}"
+        rows = "" if self.planes == 2 else f"x{self.planes}plane"
+        return (f"L{self.num_layers}xKV{self.num_kv_heads}xD{self.head_dim}xP{self.page_size}"
+                f"{rows}:{dt}")

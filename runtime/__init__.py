@@ -2,6 +2,7 @@
 
 Files:
 - config.py: ModelConfig (Llama / Qwen2 / Qwen3 family) built from a HF config dict.
+- config_deepseek.py: the DeepSeek families' config parts (MLA dims, V4 compression, routers).
 - errors.py: the runtime's exception tree; every message is one line naming the fix.
 - settings.py: the one module reading AGENT_* variables; flags > env > config.toml > defaults.
 - model_cache.py: resolving and pulling models (the embedded SmolLM2, HF ids, local paths).

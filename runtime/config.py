@@ -1,12 +1,18 @@
 """Model configuration: one frozen dataclass for the dense (Llama / Qwen2 / Qwen3), the
-mixture-of-experts (Qwen3-MoE, gpt-oss) and the hybrid linear-attention (Qwen3-Next, Qwen3.5)
-families."""
+mixture-of-experts (Qwen3-MoE, gpt-oss), the hybrid linear-attention (Qwen3-Next, Qwen3.5) and
+the DeepSeek (latent and compressed attention, runtime/config_deepseek.py) families."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.config_deepseek import (
+    CompressedAttention,
+    LatentAttention,
+    RouterGating,
+    deepseek_fields,
+)
 from runtime.errors import UnsupportedModel
 
 # Hugging Face `architectures` / `model_type` names we serve, mapped to our family flags.
@@ -21,6 +27,9 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen3_5ForCausalLM": "qwen3_5",
     "Qwen3_5MoeForCausalLM": "qwen3_5_moe",
     "NemotronHForCausalLM": "nemotron_h",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "Glm4MoeLiteForCausalLM": "glm4_moe_lite",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types
 LINEAR = "linear_attention"  # a Gated DeltaNet layer (hybrid families)
@@ -115,6 +124,20 @@ class ModelConfig:
     shared_expert_intermediate_size: int = 0  # a gated shared expert beside the routed ones
     mamba: Mamba2 | None = None  # Nemotron-H: LINEAR layers are Mamba-2 mixers
     mlp_bias: bool = False
+    # DeepSeek: latent attention (V3, GLM-4.7-Flash), compressed attention (V4), their routers.
+    mla: LatentAttention | None = None
+    v4: CompressedAttention | None = None
+    router: RouterGating | None = None
+
+    def kv_row(self) -> tuple[int, int, int]:
+        """What a page holds per token and layer: (planes, heads, dim). K and V planes of
+        `num_kv_heads x head_dim` for attention; one plane of MLA's latent; one plane of
+        DeepSeek-V4's rows (runtime/models/compressed_rows.py)."""
+        if self.mla is not None:
+            return 1, 1, self.mla.latent_dim
+        if self.v4 is not None:
+            return 1, 1, self.v4.row_width(self.head_dim)
+        return 2, self.num_kv_heads, self.head_dim
 
     @property
     def q_per_kv(self) -> int:
@@ -152,7 +175,7 @@ class ModelConfig:
         heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-        return cls(
+        fields = dict(
             family=family,
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -173,6 +196,8 @@ class ModelConfig:
             **_moe_fields(cfg, family),
             **_hybrid_fields(cfg, family),
         )
+        fields.update(deepseek_fields(cfg, family))
+        return cls(**fields)
 
 
 def _moe_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def default_page_size(device: torch.device) -> int:
 
 
 def kv_layout_for(cfg: ModelConfig, dtype: torch.dtype, page_size: int) -> KVLayout:
-    return KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
+    planes, heads, dim = cfg.kv_row()  # K/V planes, or one plane of latent / compressed rows
+    return KVLayout(cfg.num_layers, heads, dim, page_size, dtype, planes)
 
 
 def _kv_pages(plan: MemoryPlan, layout: KVLayout, fingerprint: bytes, device: torch.device,

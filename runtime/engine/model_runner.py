@@ -51,7 +51,8 @@ class ModelRunner:
             max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.states = states  # hybrid models: the linear layers' states (no graphs yet)
         if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and graph_safe(backend) and states is None
+            cuda_graphs = (self.device.type == "cuda" and graph_safe(backend) and states is None
+                           and getattr(model, "graph_safe", True))  # DeepSeek-V4: host loops
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and max_context:
             self.graphs = DecodeGraphs(model, kv_views, backend, page_size, self.device,

@@ -9,6 +9,10 @@ Files:
 - torch_moe.py: expert activations and the routed expert sum in torch (gather or sorted).
 - torch_linear_attn.py: linear attention in torch: causal conv, gated delta rule (chunk, step).
 - torch_mamba2.py: the Mamba-2 selective scan (SSD) in torch: chunked and recurrent step.
+- latent_backend.py: LatentAttentionBackend (MLA over paged latent rows: extend, absorbed decode).
+- torch_mla.py: MLA in torch: expanded and absorbed attention over gathered latents.
+- triton_mla.py: MLA in Triton: the absorbed kernel over paged latents (decode and extend).
+- torch_compressed.py: DeepSeek-V4 in torch: tail rope, window pooling, indexer top-k, sinks.
 - fp8_kv.py: fp8 (e4m3) KV rows with a scale per token and head: split, quantize, dequantize.
 - triton_fp8.py: the fp8 KV store kernel and the e4m3 codecs the attention kernels use.
 - triton_moe.py: fused MoE: routes sorted by expert, grouped GEMMs (gate/up + activation, down).

@@ -29,6 +29,7 @@ class ExpertActivation:
 
     `silu`: silu(gate) * up (Qwen3-MoE). `swiglu_clamped` (gpt-oss): gate clamped above at
     `limit`, up clamped to +-limit, then (up + 1) * gate * sigmoid(alpha * gate).
+    `silu_clamped` (DeepSeek-V4): the same clamps, then silu(gate) * up.
     """
 
     kind: str = "silu"
@@ -39,6 +40,9 @@ class ExpertActivation:
         gate, up = gate_up.chunk(2, dim=-1)
         if self.kind == "silu":
             return F.silu(gate) * up
+        if self.kind == "silu_clamped":
+            gate = gate.clamp(max=self.limit)
+            return F.silu(gate) * up.clamp(min=-self.limit, max=self.limit)
         assert self.kind == "swiglu_clamped", f"unknown expert activation {self.kind!r}"
         gate = gate.clamp(max=self.limit)
         up = up.clamp(min=-self.limit, max=self.limit)

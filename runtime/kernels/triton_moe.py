@@ -27,7 +27,7 @@ from torch import Tensor
 
 from runtime.kernels.torch_moe import ExpertWeights
 
-_ACTIVATIONS = {"silu": 0, "swiglu_clamped": 1}
+_ACTIVATIONS = {"silu": 0, "swiglu_clamped": 1, "silu_clamped": 2}
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,8 @@ def _activate(gate, up, ACT: tl.constexpr, alpha, limit):
         return gate / (1.0 + tl.exp(-gate)) * up
     gate = tl.minimum(gate, limit)
     up = tl.minimum(tl.maximum(up, -limit), limit)
+    if ACT == 2:  # DeepSeek-V4: the clamps, then plain SiLU
+        return gate / (1.0 + tl.exp(-gate)) * up
     return (up + 1.0) * (gate / (1.0 + tl.exp(-gate * alpha)))
 
 

@@ -5,6 +5,9 @@ Files:
 - hf.py: Hugging Face folders, one safetensors file or shards named by an index.
 - experts.py: MoE expert tensors (per expert, stacked, gpt-oss MXFP4) into stacked parameters.
 - mxfp4.py: MXFP4 (e2m1 + e8m0 block scales) dequantization.
+- fp8_blocks.py: block-scaled fp8 weights (DeepSeek's `weight_scale_inv` / `scale`) dequantized.
+- deepseek_names.py: DeepSeek-V4's own tensor names (`attn.wq_a`, `ffn.experts.E.w1`) -> ours.
+- gguf_deepseek.py: llama.cpp's deepseek2 (MLA) GGUF names and metadata; kv_b halves joined.
 - gguf.py: GGUF files: header parsing, dequantization (or 4-bit linears kept packed), llama.cpp
   names and q/k permutation undone.
 """

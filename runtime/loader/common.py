@@ -46,6 +46,10 @@ def assign_tensor(
         raise CorruptModelFile(
             f"tensor {name} has shape {tuple(value.shape)}, expected {tuple(expected)}"
         )
+    if not value.is_floating_point():  # index tables (DeepSeek-V4's tid2eid) keep their type
+        dtype = value.dtype
+    elif getattr(model, "keeps_fp32", None) and model.keeps_fp32(name):
+        dtype = torch.float32  # what transformers keeps in fp32 whatever the model's dtype
     param = nn.Parameter(value.to(device=device, dtype=dtype), requires_grad=False)
     setattr(module, attr, param)
 

@@ -1,5 +1,6 @@
-"""Load a GGUF file (llama, qwen2, qwen3, qwen3moe, gpt-oss): config from metadata, weights
-dequantized (MXFP4 experts included), or on the CPU with `native` its Q4_0/Q4_1 linears packed.
+"""Load a GGUF file (llama, qwen2, qwen3, qwen3moe, gpt-oss, deepseek2: gguf_deepseek.py): config
+from metadata, weights dequantized (MXFP4 experts included), or on the CPU with `native` its
+Q4_0/Q4_1 linears packed.
 
 Each tensor is dequantized with `gguf.quants.dequantize` (the same code transformers uses, so the
 fp32 weights are identical), renamed to its Hugging Face name, un-permuted where llama.cpp's
@@ -26,6 +27,7 @@ from torch import nn
 from runtime.config import FULL, SLIDING, ModelConfig, RopeScaling
 from runtime.errors import CorruptModelFile, UnsupportedModel
 from runtime.kernels.cpu_quant import Int4Linear, can_pack
+from runtime.loader import gguf_deepseek
 from runtime.loader.common import (
     LoadedModel,
     assign_tensor,
@@ -40,7 +42,7 @@ from runtime.loader.experts import ExpertTensors, is_expert_tensor
 from runtime.loader.gguf_file import GGUFFile, TensorInfo, read_gguf
 
 SUPPORTED_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                        "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss"}
+                        "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "deepseek2": "deepseek_v3"}
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -82,7 +84,8 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device,
     model = build_on_meta(cfg)
     experts = ExpertTensors(model, cfg, dtype, device)
     names = {name: hf_name(name, cfg.family) for name in gf.tensors if name != ROPE_FREQS}
-    unknown = [name for name, hf in names.items() if hf is None and not is_expert_tensor(name)]
+    unknown = [name for name, hf in names.items() if hf is None and not is_expert_tensor(name)
+               and not gguf_deepseek.is_kv_half(name)]
     expected = parameter_names(model)
     check_unexpected([*unknown, *(hf for hf in names.values() if hf)], expected, set(), path)
     infos = [gf.tensors[name] for name in names]
@@ -96,12 +99,16 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device,
         return _dequantized(gf, info, heads)
 
     packed: dict[str, Int4Linear] = {}
+    kv_b = gguf_deepseek.KvBJoiner(lambda n, w: assign_tensor(model, n, w, dtype, device))
     for info, weights in _prefetch(work, infos):
         if isinstance(weights, Int4Linear):
             packed[names[info.name].rpartition(".")[0]] = weights
+        elif kv_b.take(info.name, weights):
+            continue
         elif not experts.take_gguf(info.name, lambda w=weights: w):
             assign_tensor(model, names[info.name], weights, dtype, device)
     _install_packed(model, packed)
+    kv_b.check_complete(path)
     experts.check_complete(path)
     check_complete(model, path)
     if ROPE_FREQS in gf.tensors:
@@ -147,6 +154,8 @@ def hf_name(gguf_name: str, family: str = "llama") -> str | None:
     stacked expert tensors, which have no single HF name)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
+    if family == "deepseek_v3":
+        return gguf_deepseek.block_name(gguf_name)
     if sink := _SINKS.fullmatch(gguf_name):
         return f"model.layers.{sink.group(1)}.self_attn.sinks"
     m = _BLOCK_RE.fullmatch(gguf_name)
@@ -175,6 +184,8 @@ def gguf_model_config(gf: GGUFFile) -> ModelConfig:
 
     heads = int(get("attention.head_count"))
     vocab, hidden = _shape_of(gf, "token_embd.weight")
+    if family == "deepseek_v3":
+        return gguf_deepseek.deepseek2_config(gf, get, _common_fields(gf, arch, get))
     moe = _moe_fields(gf, family, get)
     return ModelConfig(
         family=family,
@@ -197,6 +208,23 @@ def gguf_model_config(gf: GGUFFile) -> ModelConfig:
         else None,
         eos_token_ids=_token_ids(meta, ("eos",)),
         **moe,
+    )
+
+
+def _common_fields(gf: GGUFFile, arch: str, get: Callable[..., Any]) -> dict[str, Any]:
+    """The ModelConfig fields every architecture reads the same way (for deepseek2)."""
+    vocab, hidden = _shape_of(gf, "token_embd.weight")
+    meta = gf.metadata
+    return dict(
+        vocab_size=vocab, hidden_size=hidden, num_heads=int(get("attention.head_count")),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(meta, arch),
+        max_position_embeddings=int(get("context_length", 4096)),
+        tie_word_embeddings="output.weight" not in gf.tensors,
+        bos_token_id=_token_ids(meta, ("bos",))[0] if "tokenizer.ggml.bos_token_id" in meta
+        else None,
+        eos_token_ids=_token_ids(meta, ("eos",)),
     )
 
 
@@ -250,8 +278,17 @@ def _rope_scaling(meta: dict[str, Any], arch: str, truncate: bool = True) -> Rop
             beta_fast=float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
             beta_slow=float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0)),
             truncate=truncate,  # gpt-oss's yarn keeps the fractional correction range
+            # DeepSeek: llama.cpp stores 0.1 * mscale_all_dim (mscale equal to it, as shipped)
+            **_deepseek_mscale(meta.get(f"{arch}.rope.scaling.yarn_log_multiplier")),
         )
     raise UnsupportedModel(f"unsupported GGUF rope scaling {kind!r}; supported: none, linear, yarn")
+
+
+def _deepseek_mscale(log_multiplier: float | None) -> dict[str, float]:
+    if not log_multiplier:
+        return {}
+    m = float(log_multiplier) / 0.1
+    return {"mscale": m, "mscale_all_dim": m}
 
 
 def _token_ids(meta: dict[str, Any], kinds: Iterable[str]) -> tuple[int, ...]:

@@ -1,13 +1,16 @@
 """Load a Hugging Face folder: config.json and safetensors weights (one file or index shards).
 
 Expert tensors of MoE checkpoints go through runtime/loader/experts.py (stacked, per expert,
-or MXFP4 for gpt-oss: its only quantization we read, dequantized at load).
+or MXFP4 for gpt-oss, dequantized at load); block-scaled fp8 weights (DeepSeek) through
+runtime/loader/fp8_blocks.py; DeepSeek-V4's own tensor names through deepseek_names.py.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from runtime.loader.common import (
     parameter_names,
     weights_id,
 )
+from runtime.loader.deepseek_names import v4_name
 from runtime.loader.experts import ExpertTensors
+from runtime.loader.fp8_blocks import BlockScaledNames
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -40,8 +45,10 @@ def load_hf_folder(path: Path, dtype: torch.dtype, device: torch.device) -> Load
     model = build_on_meta(cfg)
     expected = parameter_names(model)
     experts = ExpertTensors(model, cfg, dtype, device)
+    opts = _FileOptions(cfg.tie_word_embeddings, _block_size(raw),
+                        v4_name if cfg.family == "deepseek_v4" else None)
     for file in files:
-        _load_file(model, file, expected, cfg.tie_word_embeddings, experts, dtype, device)
+        _load_file(model, file, expected, opts, experts, dtype, device)
     experts.check_complete(path)
     check_complete(model, path)
     eos = merge_ids(cfg.eos_token_ids, _generation_eos(path))
@@ -95,7 +102,23 @@ def _model_config(raw: dict[str, Any], config_file: Path) -> ModelConfig:
 
 
 # quant_method -> the architectures whose checkpoints we can read with it.
-SUPPORTED_QUANTIZATION = {"mxfp4": ("GptOssForCausalLM",)}
+SUPPORTED_QUANTIZATION = {"mxfp4": ("GptOssForCausalLM",),
+                          "fp8": ("DeepseekV3ForCausalLM", "DeepseekV4ForCausalLM")}
+
+
+@dataclass(frozen=True)
+class _FileOptions:
+    """How to read each file's tensors: a tied head, fp8 tiles, the family's names."""
+
+    tied: bool
+    block: tuple[int, int]
+    rename: Callable[[str], str] | None
+
+
+def _block_size(raw: dict[str, Any]) -> tuple[int, int]:
+    quant = raw.get("quantization_config")
+    size = (quant.get("weight_block_size") if isinstance(quant, dict) else None) or (128, 128)
+    return int(size[0]), int(size[1])
 
 
 def _check_quantization(raw: dict[str, Any], config_file: Path) -> None:
@@ -104,10 +127,13 @@ def _check_quantization(raw: dict[str, Any], config_file: Path) -> None:
         return
     method = quant.get("quant_method") if isinstance(quant, dict) else quant
     arch = (raw.get("architectures") or [None])[0]
-    if arch not in SUPPORTED_QUANTIZATION.get(str(method), ()):
+    experts_fp4 = isinstance(quant, dict) and "fp4" in str(quant.get("expert_dtype", ""))
+    if arch not in SUPPORTED_QUANTIZATION.get(str(method), ()) or experts_fp4:
+        what = f"{method!r} with fp4 experts" if experts_fp4 else repr(method)
         raise UnsupportedModel(
-            f"{config_file} is quantized with {method!r}, which is not supported for {arch}; "
-            "supported: mxfp4 (gpt-oss experts); use an unquantized (bf16) checkpoint"
+            f"{config_file} is quantized with {what}, which is not supported for {arch}; "
+            "supported: mxfp4 (gpt-oss experts), block-scaled fp8 (DeepSeek-V3/V4); "
+            "use an unquantized (bf16) checkpoint"
         )
 
 
@@ -122,20 +148,28 @@ def _open(file: Path):
         yield f
 
 
-def _load_file(model, file: Path, expected: set[str], tied: bool, experts: ExpertTensors,
-               dtype, device) -> None:
+def _load_file(model, file: Path, expected: set[str], opts: _FileOptions,
+               experts: ExpertTensors, dtype, device) -> None:
     with _open(file) as f:
-        names = list(f.keys())
+        stored = list(f.keys())
+        scaled = BlockScaledNames(stored)
+        rename = opts.rename or (lambda n: n)
+        theirs = {rename(n): n for n in stored if not scaled.is_scale(n)}  # our name -> stored
+        names = list(theirs)
         # Old checkpoints store rotary buffers; tied ones sometimes still store the head.
         ignorable = {n for n in names if n.endswith("rotary_emb.inv_freq") or experts.claims(n)}
-        if tied:
+        if opts.tied:
             ignorable.add("lm_head.weight")
         check_unexpected(names, expected, ignorable, file)
+
+        def read(name: str) -> torch.Tensor:
+            return scaled.read(theirs[name], lambda n: _tensor(f, n, file), opts.block)
+
         for name in names:
-            if experts.take(name, lambda name=name: _tensor(f, name, file)):
+            if experts.take(name, lambda name=name: read(name)):
                 continue
             if name in expected:
-                assign_tensor(model, name, _tensor(f, name, file), dtype, device)
+                assign_tensor(model, name, read(name), dtype, device)
 
 
 def _tensor(f, name: str, file: Path) -> torch.Tensor:

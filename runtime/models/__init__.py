@@ -11,6 +11,11 @@ Files:
 - mamba2.py: the Mamba-2 mixer (conv, selective scan, grouped gated norm).
 - nemotron_h.py: Nemotron-H: Mamba-2, rope-less attention and squared-ReLU MLP blocks.
 - recurrent_state.py: the linear layers' per-sequence states in slots, bound per forward.
+- mla.py: multi-head latent attention (one cached latent row per token; absorbed decode).
+- deepseek_v3.py: DeepSeek-V3 and GLM-4.7-Flash (MLA, grouped sigmoid router, shared experts).
+- compressed_rows.py: DeepSeek-V4's per-token cache row (window key, compressor inputs, entries).
+- compressed_attention.py: DeepSeek-V4 attention: sliding window + CSA / HCA compressed entries.
+- deepseek_v4.py: DeepSeek-V4 (hyper-connections, hash and learned routing, clamped experts).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from torch import nn
 
 from runtime.config import ModelConfig
 from runtime.errors import UnsupportedModel
+from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
+from runtime.models.deepseek_v4 import DeepseekV4ForCausalLM
 from runtime.models.gpt_oss import GptOssForCausalLM
 from runtime.models.llama import CausalLM
 from runtime.models.nemotron_h import NemotronHForCausalLM
@@ -36,6 +43,9 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "qwen3_5": Qwen3NextForCausalLM,
     "qwen3_5_moe": Qwen3NextForCausalLM,
     "nemotron_h": NemotronHForCausalLM,
+    "deepseek_v3": DeepseekV3ForCausalLM,
+    "glm4_moe_lite": DeepseekV3ForCausalLM,
+    "deepseek_v4": DeepseekV4ForCausalLM,
 }
 
 

@@ -29,7 +29,8 @@ class PagedRunner:
         num_pages: int = 64,
         dtype: torch.dtype = torch.float32,
     ):
-        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
+        planes, heads, dim = cfg.kv_row()
+        layout = KVLayout(cfg.num_layers, heads, dim, page_size, dtype, planes)
         self.model = model
         self.pool = DevicePagePool(layout, num_pages)
         self.backend = TorchReferenceBackend()
@@ -121,14 +122,18 @@ def hf_logits(hf, ids: list[int]) -> torch.Tensor:
 
 
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    """The tokens `generate(do_sample=False)` appends to `ids` (at most `n`, no eos stop)."""
+    """The tokens `generate(do_sample=False)` appends to `ids` (at most `n`, no eos stop).
+
+    The pad id is one the prompt lacks: generate masks every prompt token equal to it."""
+    used = set(ids)
+    pad = next(t for t in range(hf.config.vocab_size) if t not in used)
     with torch.no_grad():
         out = hf.generate(
             torch.tensor([ids]),
             max_new_tokens=n,
             do_sample=False,
             eos_token_id=None,
-            pad_token_id=0,
+            pad_token_id=pad,
         )
     return out[0, len(ids) :].tolist()
 
@@ -152,3 +157,34 @@ def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4
     scale = ref.abs().max().item()
     err = (ours - ref).abs().max().item()
     assert err <= rel * scale, f"max |diff| {err:.3g} over logit scale {scale:.3g}"
+
+
+def check_bf16(hf, loaded, prompt_len: int = 40) -> None:
+    """The bf16 path runs (fp32-kept parameters beside bf16 ones) and is about as close to fp32
+    transformers as transformers itself in bf16 (mean error: tiny random models flip a routing
+    choice here and there in bf16, which makes the largest error noise)."""
+    import copy
+
+    from runtime.loader import load_model
+
+    ids = prompt_ids(loaded.config.vocab_size, prompt_len, seed=9)
+    ref = hf_logits(hf, ids)
+    half = load_model(loaded.path, dtype=torch.bfloat16)
+    ours = PagedRunner(half.model, half.config, dtype=torch.bfloat16).prefill(ids, [13])
+    theirs = hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids)
+    assert (ours - ref).abs().mean() <= 2 * (theirs - ref).abs().mean()
+
+
+def randomize(model, num_experts: int = 8):
+    """Seeded random weights for a transformers model, large enough that greedy steps are no
+    ties: norms 1 + N(0, 0.2), the rest N(0, 0.2); DeepSeek's router buffers too (the hash
+    table `tid2eid` uniform over the experts, the correction bias N(0, 0.1))."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.2)
+        for name, b in model.named_buffers():
+            if name.endswith("tid2eid"):
+                b.copy_(torch.randint(0, num_experts, b.shape))
+            elif name.endswith("e_score_correction_bias"):
+                b.normal_(0, 0.1)  # the choice of experts, not their weights, sees it
+    return model.eval()

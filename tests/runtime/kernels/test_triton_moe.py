@@ -33,7 +33,8 @@ def test_routes_are_sorted_by_expert_and_padded_per_block():
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 37])
-@pytest.mark.parametrize("kind, bias, top_k", [("silu", False, 2), ("swiglu_clamped", True, 3)])
+@pytest.mark.parametrize("kind, bias, top_k", [("silu", False, 2), ("swiglu_clamped", True, 3),
+                                               ("silu_clamped", False, 6)])
 def test_fused_moe_matches_the_reference(tokens, kind, bias, top_k):
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     experts = Experts(8, 48, 40, bias, ExpertActivation(kind, 1.702, 2.0), dtype)

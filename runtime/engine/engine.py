@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from runtime.engine.postprocess import (
     postprocess,
     stream_decoder,
 )
+from runtime.engine.results import ExtendResult, GenerationResult
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling import SamplingParams
 from runtime.engine.scheduler import Request, Scheduler
@@ -41,35 +42,14 @@ class EngineConfig:
     pipeline_decode: bool | None = None
 
 
-@dataclass
-class ExtendResult:
-    """What one `extend` cost: tokens served from cache (by tier) versus computed."""
-
-    new_tokens: int
-    cached_tokens: int
-    cached_by_tier: dict[str, int]
-    computed_tokens: int
-    seconds: float
-    restore_seconds: float = 0.0  # of `seconds`, bringing cached pages and the tail back
-
-
-@dataclass
-class GenerationResult:
-    """A finished generation of one sequence."""
-
-    tokens: list[int]
-    text: str
-    finish_reason: str
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 class Engine:
     """Owns the model runner and the KV pages; every sequence's KV lives in `kv.pool`.
 
     Token-level API: `extend(seq, ids)` appends ids and computes their KV (reusing cached pages
-    for a fresh sequence); `generate(seq, params)` streams sampled tokens, appending them to the
-    sequence; `fork` shares full pages and copies the partial one; `truncate` rewinds.
+    for a fresh sequence); `add_request(seq, params)` admits a generation and each `step()`
+    advances every admitted one (a server's loop); `generate(seq, params)` streams one
+    request's tokens by stepping; `fork` shares full pages and copies the partial one;
+    `truncate` rewinds. Not thread-safe: one thread drives an engine.
     """
 
     def __init__(self, model: nn.Module, kv: KVPages, backend: AttentionBackend, *,

@@ -11,6 +11,7 @@ Files:
 - sandbox_flags.py: --pass-env, --max-procs, --max-memory for how commands run.
 - rewind.py: `agent rewind`, code and conversation back to a turn; `--undo`.
 - render.py: headless output (text, json, stream-json).
+`agent serve` lives in server/cli.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import sys
 
 from agent.cli import cache, common, generate, models, rewind, run, sessions, tui
+from server import cli as serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and conversation resident in its KV cache.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (tui, run, sessions, rewind, generate, models, cache):
+    for module in (tui, run, sessions, rewind, generate, models, cache, serve):
         module.register(sub)
     return parser
 

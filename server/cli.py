@@ -1,0 +1,79 @@
+"""`agent serve`: the flags, and running the server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from platformdirs import user_runtime_dir
+
+from runtime import settings
+
+
+def socket_path(flag: str | Path | None = None) -> Path:
+    """The Unix socket: --socket, AGENT_SOCKET, else agent.sock in the user's runtime dir."""
+    given = settings.resolve("socket", flag)
+    return Path(given) if given else Path(user_runtime_dir("resident-agent")) / "agent.sock"
+
+
+def register(sub) -> None:
+    """Add `serve` to the `agent` command's subparsers."""
+    from agent.cli.common import add_model_flags
+
+    p = sub.add_parser("serve", help="the resident runtime: one loaded model for every session "
+                       "and for OpenAI/Anthropic-compatible clients")
+    add_model_flags(p)
+    p.add_argument("--socket", default=None, help="Unix socket path (default: in the user's "
+                   "runtime directory)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind the HTTP API (default loopback; others need --token)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port (0: any free port)")
+    p.add_argument("--no-http", action="store_true", help="serve the Unix socket only")
+    p.add_argument("--token", default=None,
+                   help="bearer token clients must send (or AGENT_SERVER_TOKEN)")
+    p.add_argument("--max-running", type=int, default=16,
+                   help="requests decoded together (default 16)")
+    p.add_argument("--max-waiting", type=int, default=64,
+                   help="requests queued beyond those; more get 429 (default 64)")
+    p.add_argument("--no-stabilise", action="store_true",
+                   help="keep volatile prompt blocks (billing nonces, dates) in place")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.cli.common import err, model_options, out
+    from runtime.local_model import LocalModel, RuntimeOptions
+    from server.resident import ResidentServer, ServeOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    options = ServeOptions(
+        socket=socket_path(args.socket), host=args.host,
+        port=None if args.no_http else args.port,
+        token=settings.resolve("server_token", args.token),
+        max_running=args.max_running, max_waiting=args.max_waiting,
+        stabilise=not args.no_stabilise)
+    model = LocalModel.open(args.model, RuntimeOptions(**model_options(args)))
+    server = ResidentServer(model, options)
+    try:
+        asyncio.run(_serve(server, out))
+    except KeyboardInterrupt:
+        err("interrupted")
+    return 0
+
+
+async def _serve(server, out) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    where = [str(server.options.socket)] if server.options.socket else []
+    if server.port is not None:
+        where.append(f"http://{server.options.host}:{server.port}")
+    out(f"serving {server.model.name} on {' and '.join(where)}")
+    await stop.wait()
+    out("shutting down: finishing requests and flushing KV pages")
+    await server.stop()

@@ -76,7 +76,7 @@ class PrefixTracker:
             n = min(len(old), len(new))
             diff = np.flatnonzero(old[:n] != new[:n])
             common = int(diff[0]) if diff.size else n
-            if common > best:
+            if common > best or (common == best and len(old) > best_len):
                 best, best_len = common, len(old)
         self._recent.append(new)
         if best < 0 or best >= best_len or best == 0:

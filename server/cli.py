@@ -6,17 +6,17 @@ import argparse
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
-from platformdirs import user_runtime_dir
-
+from agent.backends.resident import socket_path
 from runtime import settings
 
 
-def socket_path(flag: str | Path | None = None) -> Path:
-    """The Unix socket: --socket, AGENT_SOCKET, else agent.sock in the user's runtime dir."""
-    given = settings.resolve("socket", flag)
-    return Path(given) if given else Path(user_runtime_dir("resident-agent")) / "agent.sock"
+def add_server_flag(p: argparse.ArgumentParser) -> None:
+    """--server for the commands that talk to a model (`agent`, `agent run`)."""
+    p.add_argument("--server", choices=["auto", "off"], default=None,
+                   help="auto: use the resident server (`agent serve`), starting one if none "
+                   "runs; off: load the model in this process (default: auto on a GPU, off "
+                   "on the CPU; env AGENT_SERVER)")
 
 
 def register(sub) -> None:

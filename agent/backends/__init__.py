@@ -4,6 +4,7 @@ Files:
 - base.py: ModelBackend and Conversation (the contract), GenParams, AppendResult, Reply.
 - local.py: the local runtime (default); the conversation is one engine sequence.
 - openai_compat.py: any OpenAI-compatible server (`--model openai:URL#MODEL`).
+- resident.py: the resident server (`agent serve`) over its Unix socket; --server auto|off.
 - scripted.py: replies from a list, for unit tests of the loop.
 """
 
@@ -12,12 +13,19 @@ from __future__ import annotations
 from agent.backends.base import ModelBackend
 
 
-def open_backend(spec: str | None, **runtime_options) -> ModelBackend:
-    """`openai:URL#MODEL` for a server; anything else is a local model spec."""
+def open_backend(spec: str | None, server: str | None = None, **runtime_options
+                 ) -> ModelBackend:
+    """`openai:URL#MODEL` for a server; anything else is a local model spec, served by the
+    resident server when `server` (auto|off, default per resident.default_mode) allows."""
     if spec and spec.startswith("openai:"):
         from agent.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(spec)
+    from agent.backends.resident import connect, default_mode
+
+    remote = connect(spec, default_mode(server))
+    if remote is not None:
+        return remote
     from agent.backends.local import LocalBackend
     from runtime.local_model import LocalModel, RuntimeOptions
 

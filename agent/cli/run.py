@@ -21,6 +21,7 @@ from agent.cli.common import (
     out_json,
 )
 from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from server import cli as serve
 
 MODES = ["read-only", "ask", "accept-edits", "auto"]
 
@@ -34,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("task", nargs="?", help="what to do ('-': read it from stdin)")
     p.add_argument("--repo", default=".", help="repository root (default: .)")
     add_model_flags(p)
+    serve.add_server_flag(p)
     add_session_flags(p)
     p.add_argument("--max-turns", type=int, default=12,
                    help="model calls allowed for this task (exit 3 when reached, or when the "
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     apply_dirs(args)
     store = open_store()
     resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, **model_options(args), progress=sys.stderr.isatty())
+    backend = open_backend(args.model, **model_options(args), server=args.server,
+                           progress=sys.stderr.isatty())
     options = SessionOptions(permission_mode=args.permission_mode, allow=args.allow,
                              deny=args.deny, title=task[:80], task=task,
                              loop=LoopConfig(max_steps=args.max_turns,

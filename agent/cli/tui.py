@@ -9,6 +9,7 @@ from pathlib import Path
 from agent.cli.common import EXIT_OK, UsageError, add_model_flags, apply_dirs, model_options
 from agent.cli.run import MODES, add_session_flags, open_store, resolve_resume
 from agent.cli.sandbox_flags import add_sandbox_flags, sandbox_options
+from server import cli as serve
 
 
 def register(sub) -> None:
@@ -20,6 +21,7 @@ def register(sub) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=".", help="repository root (default: .)")
     add_model_flags(p)
+    serve.add_server_flag(p)
     add_session_flags(p)
     p.add_argument("--permission-mode", choices=MODES, default="ask")
     p.add_argument("--max-turns", type=int, default=12, help="model calls per message")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     apply_dirs(args)
     store = open_store()
     resume = resolve_resume(store, args, repo)
-    backend = open_backend(args.model, **model_options(args), progress=True)
+    backend = open_backend(args.model, **model_options(args), server=args.server, progress=True)
     options = SessionOptions(permission_mode=args.permission_mode, replay_history=True,
                              loop=LoopConfig(max_steps=args.max_turns,
                                              gen=GenParams(max_tokens=args.max_tokens)),

@@ -44,11 +44,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.cli.common import err, model_options, out
+    from agent.cli.common import apply_dirs, err, model_options, out
     from runtime.local_model import LocalModel, RuntimeOptions
     from server.resident import ResidentServer, ServeOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    apply_dirs(args)
     options = ServeOptions(
         socket=socket_path(args.socket), host=args.host,
         port=None if args.no_http else args.port,

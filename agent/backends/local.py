@@ -27,6 +27,8 @@ RENDER_OPTIONS = {"tools_in_user_message": False}
 class LocalBackend(ModelBackend):
     """Serves conversations from a LocalModel's engine."""
 
+    conversation_type: type[LocalConversation]  # set below the class it names
+
     def __init__(self, model: LocalModel):
         self.model = model
         self.name = model.name
@@ -60,7 +62,7 @@ class LocalBackend(ModelBackend):
 
     def conversation(self, tools, restore=None) -> LocalConversation:
         in_template = tools if self.template_supports_tools() else None
-        conv = LocalConversation(self.model, in_template, schemas=tools)
+        conv = self.conversation_type(self.model, in_template, schemas=tools)
         if restore:
             conv.carried = conv.restore(restore)
         return conv
@@ -255,3 +257,6 @@ def _required_only(schema: dict[str, Any]) -> dict[str, Any]:
     keep = set(params.get("required", []))
     props = {k: v for k, v in params.get("properties", {}).items() if k in keep}
     return {**schema, "function": {**fn, "parameters": {**params, "properties": props}}}
+
+
+LocalBackend.conversation_type = LocalConversation

@@ -228,12 +228,7 @@ class ResidentConversation(LocalConversation):
 class ResidentBackend(LocalBackend):
     """Conversations on the resident server's model."""
 
-    def conversation(self, tools, restore=None) -> ResidentConversation:
-        in_template = tools if self.template_supports_tools() else None
-        conv = ResidentConversation(self.model, in_template, schemas=tools)
-        if restore:
-            conv.carried = conv.restore(restore)
-        return conv
+    conversation_type = ResidentConversation
 
     def kv_pages(self) -> dict[str, int] | None:
         s = self.model.client.call("info").get("kv")

@@ -347,7 +347,8 @@ class Engine:
             while req.outbox or not req.finished:
                 if not req.outbox:
                     self.step()
-                yield from _drain(req)
+                events, req.outbox = req.outbox, []
+                yield from events
             if req.error is not None:
                 raise req.error
         finally:
@@ -494,8 +495,3 @@ class Engine:
         self._owners.pop(req.seq.seq_id, None)
         if req.error is None:
             self.save_tail(req.seq)
-
-
-def _drain(req: Request) -> list[StreamEvent]:
-    events, req.outbox = req.outbox, []
-    return events

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.local_model import LocalModel, RuntimeOptions
     from server.resident import ResidentServer, ServeOptions
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _log_to_stderr()
     apply_dirs(args)
     options = ServeOptions(
         socket=socket_path(args.socket), host=args.host,
@@ -63,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         err("interrupted")
     return 0
+
+
+def _log_to_stderr() -> None:
+    """The server's own log (requests diverging from the cached prefix, start, stop) at
+    INFO, beside the CLI's warnings-only root logger."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    log = logging.getLogger("server")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 async def _serve(server, out) -> None:

@@ -4,9 +4,11 @@ Clients put volatile text early in the prompt: Claude Code opens its system prom
 per-request billing header (`x-anthropic-billing-header: cc_version=...; cch=<nonce>;`),
 others a date or a timestamp. Any change at position p throws away every cached page after
 p, so such blocks are recognised and dropped (the billing header means nothing to the model)
-or moved to the end of the prompt (a date the model may need). `PrefixTracker` then reports
-where a request's tokens diverged from the closest earlier prompt, so what still breaks the
-cache is logged and counted rather than silent.
+or moved after the system prompt, to the end of the first user message (a date the model
+may need): the system prompt and tools, the longest shared part, stay cached across
+conversations, and the first user message is as stable as the conversation itself.
+`PrefixTracker` then reports where a request's tokens diverged from the closest earlier
+prompt, so what still breaks the cache is logged and counted rather than silent.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class Stabilised:
 
 
 def stabilise(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Stabilised]:
-    """System messages without billing headers and with dated lines moved after the last
-    message (as a trailing note in it); other messages are left as they are."""
+    """System messages without billing headers, their dated lines moved to the end of the
+    first user message; other messages are left as they are."""
     out, info, moved = [], Stabilised(), []
     for m in messages:
         if m["role"] != "system":
@@ -52,12 +54,14 @@ def stabilise(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Sta
             moved += [line.strip() for line in lines]
         if text.strip():
             out.append({**m, "content": text.strip("\n")})
-    if moved and out and out[-1]["role"] == "user":
-        note = "\n".join(moved)
-        out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n\n{note}"}
-        info.moved = len(moved)
-    elif moved:  # nowhere later to put them: leave the prompt as it came
+    if not moved:
+        return out, info
+    first = next((i for i, m in enumerate(out) if m["role"] == "user"), None)
+    if first is None:  # nowhere later to put them: leave the prompt as it came
         return messages, Stabilised(dropped=info.dropped)
+    note = "\n".join(moved)
+    out[first] = {**out[first], "content": f"{out[first]['content']}\n\n{note}"}
+    info.moved = len(moved)
     return out, info
 
 

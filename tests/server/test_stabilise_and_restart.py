@@ -24,11 +24,15 @@ def claude_code_system() -> list[dict]:
 def test_stabilise_drops_the_nonce_and_moves_dates():
     messages = [{"role": "system", "content": "x-anthropic-billing-header: cch=1a2b3;\nRules."
                  "\nToday's date: 2026-12-01\nMore rules."},
-                {"role": "user", "content": "hi"}]
+                {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "tool", "content": "result"}]
     out, info = stabilise(messages)
     assert out[0]["content"] == "Rules.\n\nMore rules."
-    assert out[-1]["content"] == "hi\n\nToday's date: 2026-12-01"
+    assert out[1]["content"] == "hi\n\nToday's date: 2026-12-01"
+    assert out[2:] == messages[2:]
     assert (info.dropped, info.moved) == (1, 1)
+    later, _ = stabilise(messages + [{"role": "user", "content": "more"}])
+    assert later[:4] == out, "a longer conversation renders its start the same"
 
 
 def test_tracker_reports_where_a_prompt_diverges():

@@ -87,7 +87,7 @@ class AnthropicEndpoints:
         choice = tool_choice_of(body)
         ids = self.ctx.renderer.chat_ids(chat)
         room = self.ctx.room(ids)
-        params = sampling(body["max_tokens"], room, temperature=body.get("temperature"),
+        params = sampling(body["max_tokens"], room, temperature=self.ctx.temperature_of(body),
                           top_p=body.get("top_p"), top_k=body.get("top_k"),
                           stop=body.get("stop_sequences"),
                           constraint=tool_constraint(self.ctx.model, chat.tools, choice))

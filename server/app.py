@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 class ServerContext:
     """What every handler shares: the model, its renderer, the engine worker, metrics."""
 
-    def __init__(self, model: LocalModel, worker: EngineWorker, stabilise_prefix: bool = True):
+    def __init__(self, model: LocalModel, worker: EngineWorker, stabilise_prefix: bool = True,
+                 temperature: float = 1.0):
         self.model = model
+        self.temperature = temperature  # for requests that name none (the APIs' default: 1)
         self.model_name = model.name
         self.renderer = PromptRenderer(model)
         self.worker = worker
@@ -34,6 +36,11 @@ class ServerContext:
         self.tracker = PrefixTracker()
         self.stop_ids = model.engine.stop_ids
         worker.on_finish = self._finished
+
+    def temperature_of(self, body: dict[str, Any]) -> Any:
+        """The request's temperature, or the server's default when it names none."""
+        value = body.get("temperature")
+        return self.temperature if value is None else value
 
     def room(self, ids: list[int]) -> int:
         return check_window(ids, self.model.engine.max_context)

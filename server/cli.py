@@ -38,6 +38,9 @@ def register(sub) -> None:
                    help="requests decoded together (default 16)")
     p.add_argument("--max-waiting", type=int, default=64,
                    help="requests queued beyond those; more get 429 (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of requests that name none (default 1, as the "
+                   "APIs document; 0: greedy)")
     p.add_argument("--no-stabilise", action="store_true",
                    help="keep volatile prompt blocks (billing nonces, dates) in place")
     p.set_defaults(func=run)
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         port=None if args.no_http else args.port,
         token=settings.resolve("server_token", args.token),
         max_running=args.max_running, max_waiting=args.max_waiting,
-        stabilise=not args.no_stabilise)
+        stabilise=not args.no_stabilise, temperature=args.temperature)
     model = LocalModel.open(args.model, RuntimeOptions(**model_options(args)))
     server = ResidentServer(model, options)
     try:

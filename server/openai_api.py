@@ -77,7 +77,7 @@ class OpenAIEndpoints:
         ids = self.ctx.renderer.chat_ids(chat)
         room = self.ctx.room(ids)
         params = sampling(body.get("max_completion_tokens") or body.get("max_tokens") or room,
-                          room, temperature=body.get("temperature"), top_p=body.get("top_p"),
+                          room, temperature=self.ctx.temperature_of(body), top_p=body.get("top_p"),
                           seed=body.get("seed"), stop=body.get("stop"),
                           constraint=tool_constraint(self.ctx.model, chat.tools, choice))
         gen = Generation(self.ctx.worker, ids, params)
@@ -146,7 +146,7 @@ class OpenAIEndpoints:
             raise HttpError(400, "'prompt' is empty")
         room = self.ctx.room(ids)
         params = sampling(body.get("max_tokens") or 16, room,
-                          temperature=body.get("temperature"), top_p=body.get("top_p"),
+                          temperature=self.ctx.temperature_of(body), top_p=body.get("top_p"),
                           seed=body.get("seed"), stop=body.get("stop"))
         gen = Generation(self.ctx.worker, ids, params)
         await gen.started()

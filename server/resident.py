@@ -38,6 +38,7 @@ class ServeOptions:
     max_waiting: int = 64
     max_body: int = 32 << 20
     stabilise: bool = True
+    temperature: float = 1.0  # for requests that name none
 
 
 class ServerError(Exception):
@@ -54,7 +55,7 @@ class ResidentServer:
         self.model = model
         self.options = options
         self.worker = EngineWorker(model.engine, options.max_running, options.max_waiting)
-        self.ctx = ServerContext(model, self.worker, options.stabilise)
+        self.ctx = ServerContext(model, self.worker, options.stabilise, options.temperature)
         self.port: int | None = None
         self._http: list[HttpServer] = []
 

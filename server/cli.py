@@ -19,6 +19,14 @@ def add_server_flag(p: argparse.ArgumentParser) -> None:
                    "on the CPU; env AGENT_SERVER)")
 
 
+def remote_model(spec: str | None, flag: str | None):
+    """The resident server's model for `agent generate`, or None to load it here."""
+    from agent.backends.resident import connect, default_mode
+
+    backend = connect(spec, default_mode(flag))
+    return None if backend is None else backend.model
+
+
 def register(sub) -> None:
     """Add `serve` to the `agent` command's subparsers."""
     from agent.cli.common import add_model_flags

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from runtime.constraints import text_only_constraint, tool_call_constraint
@@ -21,6 +22,8 @@ from runtime.engine.sampling import SamplingParams
 from runtime.errors import InvalidSampling
 from server.generation import Generation
 from server.http import HttpError, Request, Response, Stream
+
+log = logging.getLogger(__name__)
 
 
 class SessionEndpoints:
@@ -53,7 +56,8 @@ class SessionEndpoints:
         m = self.ctx.model
         stats = getattr(m.engine.kv, "stats", None)
         return {"model": m.name, "fingerprint": m.fingerprint, "path": str(m.path),
-                "context_window": m.context_window, "stop_ids": sorted(m.engine.stop_ids),
+                "context_window": m.context_window,
+                "window": m.config.max_position_embeddings, "stop_ids": sorted(m.engine.stop_ids),
                 "kv": stats() if stats else None, "page_size": m.engine.page_size}
 
     async def _call(self, fn) -> Any:
@@ -79,12 +83,18 @@ class SessionEndpoints:
             engine.release(old)
         seq = self._seq(engine, sid, None)
         r = engine.restore(seq, _ints(body.get("tokens")))
+        log.info("session %s restored: %d tokens, %d from cache %s", sid[:8], len(seq.tokens),
+                 r.cached_tokens, r.cached_by_tier)
         return {"cached_tokens": r.cached_tokens, "cached_by_tier": r.cached_by_tier,
                 "computed_tokens": r.computed_tokens, "seconds": r.seconds}
 
     def _extend(self, engine: Engine, sid: str, body: dict) -> dict:
         seq = self._seq(engine, sid, body.get("base"))
+        fresh = not seq.tokens
         r = engine.restore(seq, _ints(body.get("ids")))  # computed by the next generate's steps
+        if fresh:
+            log.info("session %s opened: %d tokens, %d from cache %s", sid[:8], len(seq.tokens),
+                     r.cached_tokens, r.cached_by_tier)
         return {"cached_tokens": r.cached_tokens, "cached_by_tier": r.cached_by_tier,
                 "computed_tokens": r.computed_tokens, "seconds": r.seconds}
 
@@ -98,6 +108,7 @@ class SessionEndpoints:
         if seq is not None:
             engine.save_tail(seq)
             engine.release(seq)
+            log.info("session %s released after %d tokens", sid[:8], len(seq.tokens))
         return {"ok": True}
 
     async def _generate(self, sid: str, body: dict, stream: Stream) -> None:

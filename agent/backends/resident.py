@@ -171,6 +171,9 @@ class RemoteEngine:
             seq.tokens.append(e["token_id"])
             yield StreamEvent(e["token_id"], e["text"], e["finish_reason"])
 
+    def save_tail(self, seq: RemoteSequence) -> None:
+        """The server saves the partial page when the session is released."""
+
     def truncate(self, seq: RemoteSequence, n: int) -> None:
         self.client.call(f"sessions/{seq.sid}/truncate", {"n": n})
         del seq.tokens[n:]
@@ -194,9 +197,17 @@ def _sampling(p: SamplingParams) -> dict[str, Any]:
             "constraint": p.constraint}
 
 
+@dataclass(frozen=True)
+class RemoteConfig:
+    """The part of the model config clients read."""
+
+    max_position_embeddings: int
+
+
 @dataclass
 class RemoteModel:
-    """What a LocalConversation needs of a model, with the engine on the server."""
+    """What a LocalConversation (and `agent generate`) needs of a model, with the engine on
+    the server; nothing was loaded here, so load and warm-up cost nothing."""
 
     name: str
     path: Path
@@ -205,7 +216,9 @@ class RemoteModel:
     engine: RemoteEngine
     fingerprint: str
     client: ResidentClient
-    kv: dict[str, Any] | None = None
+    config: RemoteConfig
+    load_s: float = 0.0
+    warmup_s: float = 0.0
 
     @property
     def context_window(self) -> int:
@@ -247,7 +260,8 @@ def open_remote(path: Path) -> ResidentBackend:
     info = client.call("info")
     tokenizer = _load_tokenizer(Path(info["path"]))
     model = RemoteModel(info["model"], Path(info["path"]), tokenizer, _template(tokenizer),
-                        RemoteEngine(client, info), info["fingerprint"], client)
+                        RemoteEngine(client, info), info["fingerprint"], client,
+                        RemoteConfig(info["window"]))
     return ResidentBackend(model)
 
 

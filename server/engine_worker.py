@@ -171,13 +171,18 @@ class EngineWorker:
         self._running.append(job)
 
     def _sequence(self, job: Job) -> Sequence:
-        if job.session is None:
-            return self.engine.new_sequence()
-        seq = self.sessions.pop(job.session, None) or self.engine.new_sequence()
-        self.sessions[job.session] = seq  # most recently used last
-        while len(self.sessions) > self.max_sessions:
-            oldest = next(iter(self.sessions))
-            self.engine.release(self.sessions.pop(oldest))
+        return self.engine.new_sequence() if job.session is None else self.session(job.session)
+
+    def session(self, sid: str) -> Sequence:
+        """The resident session's sequence, created if new (engine thread only). Past
+        `max_sessions`, the least recently used idle session is released (its sealed pages
+        stay cached, so a client that comes back restores it from the tiers)."""
+        seq = self.sessions.pop(sid, None)
+        self.sessions[sid] = seq = seq if seq is not None else self.engine.new_sequence()
+        busy = {j.session for j in self._running}
+        idle = [k for k in self.sessions if k not in busy and k != sid]
+        for old in idle[: max(0, len(self.sessions) - self.max_sessions)]:
+            self.engine.release(self.sessions.pop(old))
         return seq
 
     def _step(self) -> None:

@@ -175,7 +175,7 @@ class OpenAIEndpoints:
 
 
 def _check_n(body: dict[str, Any]) -> None:
-    if body.get("n", 1) != 1:
+    if (body.get("n") or 1) != 1:
         raise HttpError(400, "only n=1 is supported; send one request per completion")
 
 

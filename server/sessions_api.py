@@ -70,9 +70,7 @@ class SessionEndpoints:
             raise HttpError(400, str(e)) from e
 
     def _seq(self, engine: Engine, sid: str, base: int | None):
-        seq = self.worker.sessions.get(sid)
-        if seq is None:
-            seq = self.worker.sessions[sid] = engine.new_sequence()
+        seq = self.worker.session(sid)
         if base is not None and base != len(seq.tokens):
             raise _Conflict(len(seq.tokens))
         return seq

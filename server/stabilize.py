@@ -68,13 +68,14 @@ def stabilise(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Sta
 class PrefixTracker:
     """The last prompts served, to find where a new one leaves the closest of them."""
 
-    def __init__(self, keep: int = 32):
+    def __init__(self, keep: int = 32, max_tokens: int = 4 << 20):
         self._recent: deque[np.ndarray] = deque(maxlen=keep)
+        self._max_tokens = max_tokens  # 16 MiB of int32 at most, whatever the prompts' size
 
     def observe(self, ids: list[int]) -> tuple[int, int] | None:
         """(where the prompt diverges, the length of the earlier prompt it follows) when it
         changes an earlier prompt before that prompt's end; None when it only extends one."""
-        new = np.asarray(ids, dtype=np.int64)
+        new = np.asarray(ids, dtype=np.int32)
         best, best_len = -1, 0
         for old in self._recent:
             n = min(len(old), len(new))
@@ -83,6 +84,8 @@ class PrefixTracker:
             if common > best or (common == best and len(old) > best_len):
                 best, best_len = common, len(old)
         self._recent.append(new)
+        while sum(len(a) for a in self._recent) > self._max_tokens and len(self._recent) > 1:
+            self._recent.popleft()
         if best < 0 or best >= best_len or best == 0:
             return None
         return best, best_len

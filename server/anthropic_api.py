@@ -49,8 +49,11 @@ def _message(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
             texts.append(call_markup(block.get("name"), block.get("input") or {}))
         elif kind == "tool_result":
             results.append({"role": "tool", "content": text_of(block.get("content"), where)})
-        elif kind in ("thinking", "redacted_thinking", "image", "document"):
-            continue  # nothing this model can read: left out rather than refused
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # an earlier reply's reasoning: not part of what this model reads back
+        elif kind in ("image", "document"):
+            raise HttpError(400, f"{where}: {kind} blocks are not supported by this server "
+                            "(text only)")
         else:
             raise HttpError(400, f"{where}: unknown content block {kind!r}")
     text = [{"role": m["role"], "content": "\n".join(texts)}] if texts else []

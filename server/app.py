@@ -20,6 +20,10 @@ from server.stabilize import PrefixTracker, stabilise
 
 log = logging.getLogger(__name__)
 
+# Metric labels by path (anything else counts as "other", so scans cannot grow the labels).
+ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
+             "/v1/messages": "messages", "/v1/models": "models", "/metrics": "metrics"}
+
 
 class ServerContext:
     """What every handler shares: the model, its renderer, the engine worker, metrics."""
@@ -93,7 +97,8 @@ class Router:
         try:
             return await self._route(req, stream)
         except HttpError as e:
-            self.ctx.metrics.inc("requests_total", endpoint=req.path, status=str(e.status))
+            endpoint = ENDPOINTS.get(req.path.rstrip("/"), "other")
+            self.ctx.metrics.inc("requests_total", endpoint=endpoint, status=str(e.status))
             raise
 
     async def _route(self, req: Request, stream: Stream) -> Response | None:

@@ -159,6 +159,14 @@ class HttpServer:
                 return False
             await _write(writer, error_response(e), keep_alive=False)
             return False
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as e:  # a bug: the client gets a 500 with the cause, the server stays
+            log.exception("request failed")
+            if not stream.started:
+                failed = HttpError(500, f"internal error: {e}", kind="api_error")
+                await _write(writer, error_response(failed), keep_alive=False)
+            return False
         if resp is None:  # streamed
             return True
         keep = req.headers.get("connection", "").lower() != "close"

@@ -156,3 +156,37 @@ def test_abort_mid_prefill_leaves_the_sequence_consistent(model):
     params = SamplingParams(max_tokens=5)
     assert [e.token_id for e in engine.generate(seq, params)] == solo(
         engine, list(range(1, 30)), params)
+
+
+@pytest.mark.gpu
+def test_staggered_requests_on_cuda_pipelined_with_graphs():
+    """On the GPU: requests arriving while others decode (mixed prefill + decode steps run
+    eagerly, pure decode steps replay graphs) each equal their run alone. fp32, so that the
+    batch's matmul shapes cannot flip a greedy token (bf16 would, see test_cuda_graphs)."""
+    import torch
+
+    from tests.runtime.engine.test_cuda_graphs import GPU_CFG, long_prompts, random_model
+    from tests.runtime.engine.test_cuda_graphs import make_engine as cuda_engine
+
+    model = random_model(GPU_CFG, "cuda", torch.float32)
+    engine = cuda_engine(model, GPU_CFG, "cuda", torch.float32, 16, graphs=True, splits=4,
+                         buckets=(1, 2, 4), pipeline=True)
+    prompts = long_prompts(4)
+    params = SamplingParams(max_tokens=24)
+    want = [solo(engine, p, params) for p in prompts]
+    replays = engine.runner.graphs.replays
+    reqs, got = [], {}
+    for p in prompts:  # one more request every 5 steps
+        seq = engine.new_sequence()
+        seq.tokens.extend(p)
+        reqs.append(engine.add_request(seq, params))
+        got[reqs[-1].req_id] = []
+        for _ in range(5):
+            for r in engine.step():
+                got[r.req_id] += [e.token_id for e in r.outbox]
+                r.outbox.clear()
+    rest = run_all(engine, reqs)
+    for req_id in got:
+        got[req_id] += rest[req_id]
+    assert [got[r.req_id] for r in reqs] == want
+    assert engine.runner.graphs.replays > replays

@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of requests that name none (default 1, as the "
                    "APIs document; 0: greedy)")
+    p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="shut down (flushing the KV) after this long without a request")
     p.add_argument("--no-stabilise", action="store_true",
                    help="keep volatile prompt blocks (billing nonces, dates) in place")
     p.set_defaults(func=run)
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model = LocalModel.open(args.model, RuntimeOptions(**model_options(args)))
     server = ResidentServer(model, options)
     try:
-        asyncio.run(_serve(server, out))
+        asyncio.run(_serve(server, out, args.idle_exit))
     except KeyboardInterrupt:
         err("interrupted")
     return 0
@@ -87,7 +89,7 @@ def _log_to_stderr() -> None:
     log.propagate = False
 
 
-async def _serve(server, out) -> None:
+async def _serve(server, out, idle_exit: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,6 +99,12 @@ async def _serve(server, out) -> None:
     if server.port is not None:
         where.append(f"http://{server.options.host}:{server.port}")
     out(f"serving {server.model.name} on {' and '.join(where)}")
-    await stop.wait()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 5.0)
+        except TimeoutError:
+            if idle_exit is not None and server.worker.idle_s() > idle_exit:
+                out(f"idle for {idle_exit:g} s")
+                break
     out("shutting down: finishing requests and flushing KV pages")
     await server.stop()

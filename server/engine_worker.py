@@ -90,6 +90,7 @@ class EngineWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self.on_finish: Callable[[Job], None] = lambda job: None
+        self.last_active = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -100,6 +101,12 @@ class EngineWorker:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
+
+    def idle_s(self) -> float:
+        """Seconds since the last request came or ended (0 while any runs)."""
+        if self._running or self._waiting:
+            return 0.0
+        return time.monotonic() - self.last_active
 
     @property
     def load(self) -> tuple[int, int]:
@@ -115,6 +122,7 @@ class EngineWorker:
                 raise Busy(f"{len(self._running)} requests running and {len(self._waiting)} "
                            "waiting", retry_after=max(1, len(self._waiting) // 8))
             self._waiting.append(job)
+            self.last_active = time.monotonic()
             self._cond.notify()
 
     def call(self, fn: Callable[[Engine], Any]) -> Future:
@@ -124,6 +132,7 @@ class EngineWorker:
             if self._stopping:
                 raise Closed("the server is shutting down")
             self._calls.append((fn, future))
+            self.last_active = time.monotonic()
             self._cond.notify()
         return future
 
@@ -220,6 +229,7 @@ class EngineWorker:
             if job.session is None:
                 self.engine.release(req.seq)  # sealed pages stay cached for the next request
         job.usage.seconds = time.perf_counter() - job.submitted
+        self.last_active = time.monotonic()
         self.on_finish(job)
         if error is not None:
             job.emit("error", error)

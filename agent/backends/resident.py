@@ -8,7 +8,8 @@ restarted), it answers 409 and the client restores the session from its own toke
 which the server serves from its tiers (device, host, then disk).
 
 `connect(spec, mode)` decides: "off" never connects; "auto" connects to a server that runs
-the same model, or starts one (`agent serve --no-http`) and waits for its socket.
+the same model, or starts one (`agent serve --no-http --idle-exit 1800`) and waits for its
+socket.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ from runtime.engine.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 
+# A server started on demand gives the GPU back after this long without a request.
+IDLE_EXIT_S = 1800
+
+
 class ServerUnavailable(Exception):
     """The resident server cannot be reached (or refused the request)."""
 
@@ -60,7 +65,7 @@ def default_mode(flag: str | None = None) -> str:
         if given not in ("auto", "off"):
             raise ValueError(f"--server must be auto or off, got {given!r}")
         return given
-    if "pytest" in sys.modules:
+    if settings.under_pytest():  # a test's `agent run` must not leave a server behind
         return "off"
     import torch
 
@@ -285,7 +290,8 @@ def connect(spec: str | None, mode: str, wait_s: float = 300.0) -> ResidentBacke
 def _start_and_open(path: Path, spec: str, wait_s: float) -> ResidentBackend:
     log.info("starting a resident server for %s", spec)
     subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--no-http", "--model", spec,
-                      "--socket", str(path)], stdin=subprocess.DEVNULL,
+                      "--socket", str(path), "--idle-exit", str(IDLE_EXIT_S)],
+                     stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
     deadline = time.monotonic() + wait_s

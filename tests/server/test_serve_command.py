@@ -64,3 +64,16 @@ def test_serve_generate_and_two_runs_share_one_model(tmp_path, smollm2_gguf):
     assert not sock.exists()
     opened = [line for line in log.splitlines() if "opened:" in line]
     assert len(opened) >= 4, log[-800:]  # two generates, two runs, all in the one server
+
+
+@pytest.mark.slow
+def test_a_server_with_idle_exit_shuts_itself_down(tmp_path, smollm2_gguf):
+    sock = tmp_path / "agent.sock"
+    env = dict(os.environ, AGENT_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    server = subprocess.Popen([AGENT, "serve", "--model", str(smollm2_gguf), "--device", "cpu",
+                               "--no-http", "--socket", str(sock), "--idle-exit", "1"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(sock, server)
+    stdout, stderr = server.communicate(timeout=120)
+    assert server.returncode == 0, stderr[-500:]
+    assert "idle for 1 s" in stdout and not sock.exists()

@@ -25,6 +25,7 @@ import argparse
 import sys
 
 from cli import cache, common, generate, models, rewind, run, sessions, tui
+from server import cli as serve
 
 GLOBAL_FLAGS = ("--debug",)  # accepted anywhere on the line
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (tui, run, sessions, rewind, generate, models, cache):
+    for module in (tui, run, sessions, rewind, generate, models, cache, serve):
         module.register(sub)
     for p in _all_parsers(parser)[1:]:
         common.add_debug_flag(p)

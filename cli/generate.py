@@ -15,6 +15,7 @@ from cli.common import (
     out_json,
     resolve_dirs,
 )
+from server import cli as serve
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
         "the model's chat template as one user message; --raw is tokenized as is.",
     )
     add_model_flags(p)
+    serve.add_server_flag(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="a user message, rendered with the chat template "
                      "('-': stdin)")
@@ -50,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
-    options = RuntimeOptions(**model_options(args), progress=sys.stderr.isatty(),
-                             prefix_cache=not args.no_prefix_cache,
-                             cache_dir=resolve_dirs(args).cache_dir)
-    model = LocalModel.open(args.model, options)
+    cache_dir = resolve_dirs(args).cache_dir
+    model = None if args.no_prefix_cache else serve.remote_model(args.model, args.server,
+                                                                 cache_dir)
+    model = model or LocalModel.open(args.model, RuntimeOptions(
+        **model_options(args), progress=sys.stderr.isatty(),
+        prefix_cache=not args.no_prefix_cache, cache_dir=cache_dir))
     try:
         return _generate(model, args, params)
     finally:
@@ -75,6 +79,7 @@ def _generate(model, args: argparse.Namespace, params) -> int:
         finish = event.finish_reason or finish
         if not args.json and event.text:
             out(event.text, end="")
+    engine.release(seq)
     if not args.json:
         out()
         return EXIT_OK

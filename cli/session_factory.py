@@ -20,6 +20,7 @@ from cli.common import (
     resolve_dirs,
 )
 from cli.sandbox_flags import add_sandbox_flags, check_sandbox_flags, sandbox_options
+from server import cli as serve
 
 MODES = ["read-only", "ask", "accept-edits", "auto"]
 TOOL_CHOICES = ["auto", "required", "first", "chain", "none"]
@@ -38,6 +39,7 @@ def add_session_arguments(p: argparse.ArgumentParser, permission_mode: str) -> N
     """The flags of a session: where, which model, what it may do, how it generates."""
     p.add_argument("--repo", default=".", help="repository root")
     add_model_flags(p)
+    serve.add_server_flag(p)
     p.add_argument("--api-key-env", default=None, metavar="NAME",
                    help="with --model openai:...: the environment variable holding the API key "
                    "(default: OPENAI_API_KEY; none sent when it is unset)")
@@ -124,7 +126,8 @@ def open_model(args: argparse.Namespace, plan: SessionPlan, report):
     spec = settings.default_model(args.model)
     report.ensure(spec, plan.cache_dir)
     return open_backend(spec, **model_options(args), progress=report.tty,
-                        cache_dir=plan.cache_dir, api_key_env=args.api_key_env)
+                        cache_dir=plan.cache_dir, api_key_env=args.api_key_env,
+                        server=args.server)
 
 
 def open_session(plan: SessionPlan, backend, store, resume_id: str | None):

@@ -74,6 +74,11 @@ def environment(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def under_pytest() -> bool:
+    """True inside a test run, its subprocesses included (pytest sets the variable)."""
+    return "PYTEST_CURRENT_TEST" in os.environ
+
+
 def debug() -> bool:
     """AGENT_DEBUG=1: tracebacks instead of one-line errors."""
     return os.environ.get(ENV_PREFIX + "DEBUG", "") not in ("", "0")

@@ -27,6 +27,8 @@ RENDER_OPTIONS = {"tools_in_user_message": False}
 class LocalBackend(ModelBackend):
     """Serves conversations from a LocalModel's engine."""
 
+    conversation_type: type[LocalConversation]  # set below the class it names
+
     def __init__(self, model: LocalModel):
         self.model = model
         self.name = model.name
@@ -64,7 +66,7 @@ class LocalBackend(ModelBackend):
 
     def conversation(self, tools, restore=None) -> LocalConversation:
         in_template = tools if self.template_supports_tools() else None
-        conv = LocalConversation(self.model, in_template, schemas=tools)
+        conv = self.conversation_type(self.model, in_template, schemas=tools)
         if restore:
             conv.carried = conv.restore(restore)
         return conv
@@ -150,23 +152,32 @@ class LocalConversation(Conversation):
         them); "required" allows nothing but one call."""
         from runtime.constraints import text_only_constraint, tool_call_constraint
 
+        spec = self._constraint_spec(tool_choice, narrowed)
+        if spec is None:
+            return None
         end_ids = sorted(self.model.engine.stop_ids)
-        if tool_choice == "none":
+        if spec["kind"] == "text_only":
             return text_only_constraint(self.model.tokenizer, end_ids)
+        return tool_call_constraint(self.model.tokenizer, spec["schemas"],
+                                    required=spec["required"], end_ids=end_ids)
+
+    def _constraint_spec(self, tool_choice: str, narrowed: list[dict[str, Any]] | None
+                         ) -> dict[str, Any] | None:
+        """What the constraint holds, as data: {"kind": "text_only"} or {"kind": "tools",
+        "schemas", "required"}; None when unconstrained."""
+        if tool_choice == "none":
+            return {"kind": "text_only"}
+        required = tool_choice == "required"
         if narrowed is not None:
-            return tool_call_constraint(self.model.tokenizer, narrowed,
-                                        required=tool_choice == "required", end_ids=end_ids)
+            return {"kind": "tools", "schemas": narrowed, "required": required}
         if not self.schemas:
             return None
-
         schemas = self.schemas
-        if tool_choice == "required" and self.tools is None:
+        if required and self.tools is None:
             # A model not trained on tools goes astray in optional arguments (read with
             # limit=1): a call it is made to write uses the required ones only.
             schemas = [_required_only(s) for s in schemas]
-        return tool_call_constraint(self.model.tokenizer, schemas,
-                                    required=tool_choice == "required",
-                                    end_ids=end_ids)
+        return {"kind": "tools", "schemas": schemas, "required": required}
 
     def _finish(self, ids: list[int], finish: str, seconds: float) -> None:
         tok = self.model.tokenizer
@@ -250,3 +261,6 @@ def _required_only(schema: dict[str, Any]) -> dict[str, Any]:
     keep = set(params.get("required", []))
     props = {k: v for k, v in params.get("properties", {}).items() if k in keep}
     return {**schema, "function": {**fn, "parameters": {**params, "properties": props}}}
+
+
+LocalBackend.conversation_type = LocalConversation

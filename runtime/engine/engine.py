@@ -1,11 +1,11 @@
-"""The engine: sequences over paged KV; extend, generate (streaming or batched), fork, truncate."""
+"""The engine: sequences over paged KV; extend, one step() over many requests, fork, truncate."""
 
 from __future__ import annotations
 
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,6 +14,14 @@ from memory.device_pool import PagePoolExhausted
 from memory.state_snapshots import interval_for
 from runtime.engine.kv_pages import KVPages
 from runtime.engine.model_runner import ModelRunner, Work
+from runtime.engine.postprocess import (
+    HostCopy,
+    StreamEvent,
+    may_continue,
+    postprocess,
+    stream_decoder,
+)
+from runtime.engine.results import ExtendResult, GenerationResult
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling import SamplingParams
 from runtime.engine.scheduler import Request, Scheduler
@@ -34,44 +42,14 @@ class EngineConfig:
     pipeline_decode: bool | None = None
 
 
-@dataclass
-class ExtendResult:
-    """What one `extend` cost: tokens served from cache (by tier) versus computed."""
-
-    new_tokens: int
-    cached_tokens: int
-    cached_by_tier: dict[str, int]
-    computed_tokens: int
-    seconds: float
-    restore_seconds: float = 0.0  # of `seconds`, bringing cached pages and the tail back
-
-
-@dataclass
-class StreamEvent:
-    """One generated token, the text it completed (may be empty), and why generation ended."""
-
-    token_id: int
-    text: str
-    finish_reason: str | None = None
-
-
-@dataclass
-class GenerationResult:
-    """A finished generation of one sequence."""
-
-    tokens: list[int]
-    text: str
-    finish_reason: str
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 class Engine:
     """Owns the model runner and the KV pages; every sequence's KV lives in `kv.pool`.
 
     Token-level API: `extend(seq, ids)` appends ids and computes their KV (reusing cached pages
-    for a fresh sequence); `generate(seq, params)` streams sampled tokens, appending them to the
-    sequence; `fork` shares full pages and copies the partial one; `truncate` rewinds.
+    for a fresh sequence); `add_request(seq, params)` admits a generation and each `step()`
+    advances every admitted one (a server's loop); `generate(seq, params)` streams one
+    request's tokens by stepping; `fork` shares full pages and copies the partial one;
+    `truncate` rewinds. Not thread-safe: one thread drives an engine.
     """
 
     def __init__(self, model: nn.Module, kv: KVPages, backend: AttentionBackend, *,
@@ -94,6 +72,8 @@ class Engine:
         self.scheduler = Scheduler(config.prefill_chunk, config.max_batch_tokens)
         self.sampler = Sampler()
         self._req_ids = itertools.count(1)
+        self.running: list[Request] = []  # admitted by add_request, in arrival order
+        self._owners: dict[int, Request] = {}  # seq_id -> its running request
 
     def warm_up(self) -> None:
         """Compile and capture what a first decode step would (the batch-1 graph), so the
@@ -313,16 +293,32 @@ class Engine:
                 progress(done, total)
 
     def _run(self, work: list[Work]) -> None:
-        for w in work:
-            self._ensure_pages(w.seq, w.end)
-        logits = self.runner.run(work)
-        wanted = iter(range(len(work)) if logits is None else range(logits.shape[0]))
+        work = [w for w in work if self._fits(w)]
+        if work:
+            self._absorb(work, self.runner.run(work))
+
+    def _absorb(self, work: list[Work], logits: torch.Tensor | None, row: int = 0) -> None:
+        """After the forward: the work's KV is computed; keep logits rows from `row` on."""
         for w in work:
             w.seq.num_computed = w.end
             if w.want_logits:
-                w.seq.last_logits = logits[next(wanted)]
+                w.seq.last_logits = logits[row]
+                row += 1
             self._seal_full_pages(w.seq)
             self._snapshot_state(w.seq)
+
+    def _fits(self, w: Work) -> bool:
+        """Allocate the pages `w` writes. Out of pages, a request's work is dropped and the
+        request ends with the error; work of no request (an extend) raises it."""
+        try:
+            self._ensure_pages(w.seq, w.end)
+            return True
+        except OutOfPages as e:
+            req = self._owners.get(w.seq.seq_id)
+            if req is None:
+                raise
+            req.error, req.finish_reason = e, "error"
+            return False
 
     def _ensure_pages(self, seq: Sequence, end: int) -> None:
         missing = -(-end // self.page_size) - len(seq.table)
@@ -344,182 +340,158 @@ class Engine:
     # -- generate --------------------------------------------------------------------------
 
     def generate(self, seq: Sequence, params: SamplingParams) -> Iterator[StreamEvent]:
-        """Stream tokens for one sequence; the last event carries the finish reason."""
-        req = self._start(seq, params)
+        """Stream tokens for one sequence; the last event carries the finish reason. Other
+        running requests advance with it (their events wait in their outboxes)."""
+        req = self.add_request(seq, params)
         try:
-            yield from self._decode([req])
+            while req.outbox or not req.finished:
+                if not req.outbox:
+                    self.step()
+                events, req.outbox = req.outbox, []
+                yield from events
+            if req.error is not None:
+                raise req.error
         finally:
-            self.sampler.finish(req.req_id)
-            self.save_tail(seq)
+            self.abort(req)
 
     def generate_batch(self, seqs: list[Sequence],
                        params: list[SamplingParams]) -> list[GenerationResult]:
-        """Generate for several sequences at once, decoding them together each step."""
+        """Generate for several sequences at once: they share every step."""
         start = time.perf_counter()
-        reqs = [self._start(s, p) for s, p in zip(seqs, params)]
-        for _ in self._decode(reqs):
-            pass
+        reqs = [self.add_request(s, p) for s, p in zip(seqs, params)]
+        try:
+            while not all(r.finished for r in reqs):
+                self.step()
+        finally:
+            for r in reqs:
+                self.abort(r)
         for r in reqs:
-            self.sampler.finish(r.req_id)
+            if r.error is not None:
+                raise r.error
         took = time.perf_counter() - start
         return [GenerationResult(r.generated, r.text, r.finish_reason or "stop", took)
                 for r in reqs]
 
-    def _start(self, seq: Sequence, params: SamplingParams) -> Request:
+    def add_request(self, seq: Sequence, params: SamplingParams) -> Request:
+        """Admit a generation for `seq`; its pending tokens are prefilled by later steps."""
+        assert seq.tokens, "nothing to generate from: the sequence has no tokens"
+        assert seq.seq_id not in self._owners, "the sequence is already being generated for"
         self._need_logits(seq)
-        self._compute_pending([seq])
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos
                                                      else self.stop_ids)
         req = Request(next(self._req_ids), seq, params, stops, self.max_context,
-                      decoder=_decoder(self.tokenizer))
+                      decoder=stream_decoder(self.tokenizer))
         self.sampler.start(req.req_id, params, self.device)
+        self.running.append(req)
+        self._owners[seq.seq_id] = req
         return req
 
-    def _decode(self, reqs: list[Request]) -> Iterator[StreamEvent]:
-        """Decode until every request finishes: pipelined when it can be, step by step if not."""
-        pipeline = self.config.pipeline_decode
-        if pipeline is None:
-            pipeline = self.device.type == "cuda"
-        # A full context leaves no position for the forward queued ahead of the first token.
-        if pipeline and all(len(r.seq.tokens) < r.max_len for r in reqs):
-            yield from self._decode_pipelined(reqs)
-            return
-        while active := [r for r in reqs if not r.finished]:
-            yield from self._step(active)
+    def abort(self, req: Request) -> None:
+        """Stop a request (a no-op once finished); its sequence stays consistent: every
+        token it holds has KV or is pending."""
+        if req in self.running:
+            self.running.remove(req)
+            req.finish_reason = req.finish_reason or "aborted"
+            self._close(req)
 
-    def _decode_pipelined(self, reqs: list[Request]) -> Iterator[StreamEvent]:
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running)
+
+    def step(self) -> list[Request]:
+        """One step over every running request: sample those whose logits are ready, give
+        each a decode row and fill the rest of the token budget with prefill chunks (see
+        Scheduler), run them as one forward, postprocess. Pipelined (`pipeline_decode`, on
+        CUDA by default) the forward is queued before the host reads the tokens it
+        consumes. Returns the requests that have new events in their outbox."""
+        ready = [r for r in self.running if r.seq.num_pending == 0]
+        prefilling = [r.seq for r in self.running if r.seq.num_pending > 0]
+        if self._pipelined():
+            self._step_pipelined(ready, prefilling)
+        else:
+            self._step_eager(ready, prefilling)
+        touched = [r for r in self.running if r.outbox or r.finished]
+        self._retire()
+        return touched
+
+    def _pipelined(self) -> bool:
+        pipeline = self.config.pipeline_decode
+        return self.device.type == "cuda" if pipeline is None else pipeline
+
+    def _step_eager(self, ready: list[Request], prefilling: list[Sequence]) -> None:
+        """sample -> postprocess -> run."""
+        if ready:
+            for r, t in zip(ready, self._sample(ready)):
+                r.outbox.append(postprocess(r, t))
+        decode = [Work(r.seq, r.seq.num_computed, len(r.seq.tokens), True)
+                  for r in ready if not r.finished]
+        self._run(decode + self.scheduler.schedule(prefilling, len(decode)))
+
+    def _step_pipelined(self, ready: list[Request], prefilling: list[Sequence]) -> None:
         """Decode with the host one step behind the GPU.
 
-        Tokens are sampled on the device; step j's forward is queued with step j's token still
-        on the device, and only then does the host wait for that token (its copy finishes when
-        step j-1's forward does), append it, check stops, advance constraints, and queue the
-        sampling of token j+1 from step j's logits (masked by constraints that have now seen
-        token j), all while step j runs. A row that ends on a stop token or string has had
-        its forward run one step early: its KV and logits are kept (num_computed =
-        len(tokens)), so nothing is wasted but one forward. Rows that end by length or context
-        are known before and are not run.
+        Tokens are sampled on the device; this step's forward is queued with them still on
+        the device, and only then does the host wait for them (their copy finishes when the
+        previous forward does), append them, check stops and advance constraints, while
+        the forward runs. A row that ends on a stop token or string has had its forward run
+        one step early: its KV and logits are kept (num_computed = len(tokens)), so nothing
+        is wasted but one forward. Rows that end by length or context are known before and
+        are not run.
         """
-        running = [r for r in reqs if not r.finished]
-        tokens = self._sample_on_device(running)
-        while running:
-            fetch = _HostCopy(tokens)
-            rows = [i for i, r in enumerate(running) if _may_continue(r)]
-            go = [running[i] for i in rows]
-            if go:
-                work = [Work(r.seq, len(r.seq.tokens), len(r.seq.tokens) + 1, True) for r in go]
-                for w in work:
-                    self._ensure_pages(w.seq, w.end)
-                ids = tokens if len(go) == len(running) else tokens[self._index(rows)]
-                logits = self.runner.run(work, ids=ids)
-            launched = {id(r): row for row, r in enumerate(go)}
-            events = []
-            for req, token in zip(running, fetch.wait()):
-                events.append(self._postprocess(req, token))
-                row = launched.get(id(req))
-                if row is not None:  # its forward is queued: KV and logits of this token
-                    req.seq.num_computed = len(req.seq.tokens)
-                    req.seq.last_logits = logits[row]
-                    self._seal_full_pages(req.seq)
-                    self._snapshot_state(req.seq)
-            running = [r for r in running if not r.finished]
-            if running:
-                tokens = self._sample_on_device(running)
-            yield from events
+        tokens = self._sample_on_device(ready) if ready else None
+        fetch = HostCopy(tokens) if tokens is not None else None
+        decode: dict[int, Work] = {}
+        for i, r in enumerate(ready):
+            w = Work(r.seq, len(r.seq.tokens), len(r.seq.tokens) + 1, True)
+            if may_continue(r) and self._fits(w):
+                decode[i] = w
+        prefill = [w for w in self.scheduler.schedule(prefilling, len(decode)) if self._fits(w)]
+        logits = None
+        if decode or prefill:
+            ids = self._step_ids(tokens, list(decode), len(ready), prefill)
+            logits = self.runner.run([*decode.values(), *prefill], ids=ids)
+        for r, t in zip(ready, fetch.wait() if fetch else []):
+            if r.error is None:
+                r.outbox.append(postprocess(r, t))
+        for row, i in enumerate(decode):  # its forward is queued: KV and logits of its token
+            seq = ready[i].seq
+            seq.num_computed = len(seq.tokens)
+            seq.last_logits = logits[row]
+            self._seal_full_pages(seq)
+            self._snapshot_state(seq)
+        self._absorb(prefill, logits, row=len(decode))
+
+    def _step_ids(self, tokens: torch.Tensor | None, rows: list[int], n_ready: int,
+                  prefill: list[Work]) -> torch.Tensor:
+        """The step's input ids on the device: sampled tokens of the decode rows, then the
+        prefill chunks' tokens from the host."""
+        parts = []
+        if rows:
+            parts.append(tokens if len(rows) == n_ready else tokens[self.runner.to_device(rows)])
+        if prefill:
+            parts.append(self.runner.to_device(
+                [t for w in prefill for t in w.seq.tokens[w.start : w.end]]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _sample(self, reqs: list[Request]) -> list[int]:
+        logits = torch.stack([r.seq.last_logits for r in reqs])
+        return self.sampler.sample(logits, [r.params for r in reqs], [r.req_id for r in reqs])
 
     def _sample_on_device(self, reqs: list[Request]) -> torch.Tensor:
         logits = torch.stack([r.seq.last_logits for r in reqs])
         return self.sampler.sample_on_device(logits, [r.params for r in reqs],
                                              [r.req_id for r in reqs])  # fmt: skip
 
-    def _index(self, rows: list[int]) -> torch.Tensor:
-        return self.runner.to_device(rows)
+    def _retire(self) -> None:
+        done = [r for r in self.running if r.finished]
+        if done:
+            self.running = [r for r in self.running if not r.finished]
+            for r in done:
+                self._close(r)
 
-    def _step(self, reqs: list[Request]) -> Iterator[StreamEvent]:
-        """sample -> postprocess -> run: one decode step over the active requests."""
-        logits = torch.stack([r.seq.last_logits for r in reqs])
-        tokens = self.sampler.sample(logits, [r.params for r in reqs], [r.req_id for r in reqs])
-        events = [self._postprocess(r, t) for r, t in zip(reqs, tokens)]
-        running = [r for r in reqs if not r.finished]
-        if running:
-            self._run([Work(r.seq, r.seq.num_computed, len(r.seq.tokens), True)
-                       for r in running])
-        yield from events
-
-    def _postprocess(self, req: Request, token: int) -> StreamEvent:
-        req.seq.tokens.append(token)
-        req.seq.last_logits = None
-        req.generated.append(token)
-        constraint = req.params.constraint
-        if constraint is not None:
-            constraint.advance(token)
-        if token in req.stop_ids:
-            req.finish_reason = "stop"
-        else:
-            req.text += req.decoder.push(token) if req.decoder else ""
-            _apply_stop_strings(req)
-            if constraint is not None and constraint.finished():
-                req.finish_reason = "stop"
-        if not req.finished and len(req.generated) >= req.params.max_tokens:
-            req.finish_reason = "length"
-        if not req.finished and len(req.seq.tokens) >= req.max_len:
-            req.finish_reason = "context"
-        if req.finished and req.decoder and req.finish_reason != "stop":
-            req.text += req.decoder.flush()
-            _apply_stop_strings(req)
-        return StreamEvent(token, _take_safe_text(req), req.finish_reason)
-
-
-def _may_continue(req: Request) -> bool:
-    """False if the next token ends the request by length or context, whatever it is."""
-    return (len(req.generated) + 1 < req.params.max_tokens
-            and len(req.seq.tokens) + 1 < req.max_len)
-
-
-class _HostCopy:
-    """A device tensor's values on the host, copied without blocking until `wait()`."""
-
-    def __init__(self, values: torch.Tensor):
-        self._event = None
-        if values.is_cuda:
-            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            self._host.copy_(values, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host = values
-
-    def wait(self) -> list[int]:
-        if self._event is not None:
-            self._event.synchronize()
-        return self._host.tolist()
-
-
-def _decoder(tokenizer):
-    if tokenizer is None:
-        return None
-    from runtime.detokenizer import StreamDecoder
-
-    return StreamDecoder(tokenizer)
-
-
-def _apply_stop_strings(req: Request) -> None:
-    for stop in req.params.stop:
-        cut = req.text.find(stop)
-        if cut >= 0:
-            req.text = req.text[:cut]
-            req.finish_reason = "stop"
-
-
-def _take_safe_text(req: Request) -> str:
-    """New text, holding back a tail that could still grow into a stop string."""
-    end = len(req.text)
-    if not req.finished:
-        for stop in req.params.stop:
-            for k in range(min(len(stop) - 1, len(req.text)), 0, -1):
-                if req.text.endswith(stop[:k]):
-                    end = min(end, len(req.text) - k)
-                    break
-    end = max(end, req.emitted)
-    out = req.text[req.emitted : end]
-    req.emitted = end
-    return out
+    def _close(self, req: Request) -> None:
+        self.sampler.finish(req.req_id)
+        self.scheduler.forget(req.seq)
+        self._owners.pop(req.seq.seq_id, None)
+        if req.error is None:
+            self.save_tail(req.seq)

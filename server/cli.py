@@ -8,7 +8,6 @@ import logging
 import signal
 from pathlib import Path
 
-from agent.backends.resident import socket_path
 from runtime import settings
 
 
@@ -58,6 +57,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.backends.resident import socket_path
     from cli.common import err, model_options, out, resolve_dirs
     from runtime.local_model import LocalModel, RuntimeOptions
     from server.resident import ResidentServer, ServeOptions

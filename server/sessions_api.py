@@ -58,7 +58,8 @@ class SessionEndpoints:
         return {"model": m.name, "fingerprint": m.fingerprint, "path": str(m.path),
                 "context_window": m.context_window,
                 "window": m.config.max_position_embeddings, "stop_ids": sorted(m.engine.stop_ids),
-                "kv": stats() if stats else None, "page_size": m.engine.page_size}
+                "kv": stats() if stats else None, "page_size": m.engine.page_size,
+                "plan": m.plan.to_dict() if getattr(m, "plan", None) is not None else None}
 
     async def _call(self, fn) -> Any:
         future = self.worker.call(fn)

@@ -248,6 +248,9 @@ class ResidentBackend(LocalBackend):
 
     conversation_type = ResidentConversation
 
+    def memory_plan(self) -> dict[str, Any] | None:
+        return self.model.client.call("info").get("plan")
+
     def kv_pages(self) -> dict[str, int] | None:
         s = self.model.client.call("info").get("kv")
         if not s:

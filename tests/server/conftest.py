@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from runtime import settings
 from runtime.local_model import LocalModel, RuntimeOptions
 from server.resident import ResidentServer, ServeOptions
 
@@ -37,8 +36,8 @@ def start_server(model: LocalModel, socket: Path, **options) -> Running:
 
 
 def open_model(gguf: Path, cache: Path, **options) -> LocalModel:
-    settings.override(cache_dir=cache)
-    return LocalModel.open(str(gguf), RuntimeOptions(device="cpu", page_size=16, **options))
+    return LocalModel.open(str(gguf), RuntimeOptions(device="cpu", page_size=16,
+                                                     cache_dir=cache, **options))
 
 
 @pytest.fixture(scope="module")
@@ -48,4 +47,3 @@ def served(smollm2_gguf, tmp_path_factory) -> Iterator[Running]:
     running = start_server(model, tmp / "run" / "agent.sock", max_running=4, max_waiting=8)
     yield running
     running.stop()
-    settings.clear_overrides()

@@ -14,11 +14,10 @@ from tests.server.test_load_and_faults import chat_body, post
 
 @pytest.mark.gpu
 def test_sixteen_sessions_on_the_gpu_equal_each_alone(smollm2_gguf, tmp_path):
-    from runtime import settings
     from runtime.local_model import LocalModel, RuntimeOptions
 
-    settings.override(cache_dir=tmp_path / "cache")
-    model = LocalModel.open(str(smollm2_gguf), RuntimeOptions(device="cuda", dtype="fp32"))
+    model = LocalModel.open(str(smollm2_gguf), RuntimeOptions(device="cuda", dtype="fp32",
+                                                              cache_dir=tmp_path / "cache"))
     running = start_server(model, tmp_path / "g.sock", max_running=16)
     try:
         prompts = [f"Session {i}: " + "describe a repository layout. " * 200 for i in range(16)]
@@ -32,4 +31,3 @@ def test_sixteen_sessions_on_the_gpu_equal_each_alone(smollm2_gguf, tmp_path):
         assert all(r["usage"]["prompt_tokens_details"]["cached_tokens"] > 0 for r in together)
     finally:
         running.stop()
-        settings.clear_overrides()

@@ -90,4 +90,7 @@ def test_server_policy(tmp_path, monkeypatch):
         default_mode("sometimes")
     with pytest.raises(ServerUnavailable, match="agent serve"):
         open_remote(tmp_path / "none.sock")
-    assert open_backend("openai:http://127.0.0.1:9/v1#m", server="auto").name.startswith("openai")
+    from agent.backends.openai_compat import EndpointUnreachable
+
+    with pytest.raises(EndpointUnreachable, match="127.0.0.1:9"):  # that server, never ours
+        open_backend("openai:http://127.0.0.1:9/v1#m", server="auto")

@@ -10,6 +10,8 @@ Files:
 - write_through.py: WriteThrough, the background thread making sealed pages durable on disk.
 - placement.py: Placement, moves between tiers: LRU eviction device -> host -> disk, staging.
 - state_snapshots.py: hybrid models' linear-layer states by page hash: host LRU and disk files.
+- background_writer.py: BackgroundWriter, file writes on one thread (tails, state snapshots).
+- tail_store.py: a sequence's partial last page and last logits, saved beside the pages.
 - kv_cache.py: TieredKVCache, the facade the engine uses (alloc, seal, acquire, release, flush).
 - cache_usage.py: cumulative page hit and miss counts across processes, for `agent cache stats`.
 - store/: the SQLite session store.

@@ -24,11 +24,11 @@ import logging
 import struct
 import zlib
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from memory.background_writer import BackgroundWriter
 from memory.disk_tier import DiskTier
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ class StateSnapshotStore:
         self.every_pages = every_pages  # None: the engine sets it with `interval_for`
         self.host_max = host_max
         self._host: OrderedDict[bytes, Snapshot] = OrderedDict()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="state-snapshot-write")
-        self._pending: list[Future] = []
+        self._writer = BackgroundWriter("state-snapshot-write")
 
     def path(self, h: bytes) -> Path | None:
         return None if self.disk is None else self.disk.path(h).with_suffix(SUFFIX)
@@ -71,8 +70,7 @@ class StateSnapshotStore:
         self._remember(h, snap)
         path = self.path(h)
         if path is not None and self.disk.writable and not path.exists():
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(self._writer.submit(self._write, h, path, snap))
+            self._writer.submit(self._write, h, path, snap)
 
     def _remember(self, h: bytes, snap: Snapshot) -> None:
         self._host[h] = snap
@@ -130,10 +128,7 @@ class StateSnapshotStore:
         self._host.clear()
 
     def flush(self) -> None:
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
+        self._writer.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._writer.shutdown(wait=True)
+        self._writer.close()

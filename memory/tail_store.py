@@ -27,13 +27,13 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from memory.background_writer import BackgroundWriter
 from memory.disk_tier import DiskTier
 from memory.kv_layout import KVLayout
 
@@ -67,8 +67,7 @@ class TailStore:
     def __init__(self, disk: DiskTier, layout: KVLayout):
         self.disk = disk
         self.layout = layout
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kv-tail-write")
-        self._pending: list[Future] = []
+        self._writer = BackgroundWriter("kv-tail-write")
         self._saved: set[bytes] = set()  # names written (or being written) by this process
 
     def name(self, prev: bytes | None, tokens: Sequence[int]) -> bytes:
@@ -91,8 +90,7 @@ class TailStore:
         toks = np.asarray(tokens, dtype="<i4")
         kv_bytes = b"" if kv is None else _host_bytes(kv)
         lg = b"" if logits is None else logits.detach().float().cpu().numpy().tobytes()
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._writer.submit(self._write, name, toks, kv_bytes, lg))
+        self._writer.submit(self._write, name, toks, kv_bytes, lg)
         return name
 
     def _write(self, name: bytes, toks: np.ndarray, kv: bytes, logits: bytes) -> None:
@@ -104,13 +102,10 @@ class TailStore:
             self.disk.account_bytes(len(head) + len(payload))
 
     def flush(self) -> None:
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
+        self._writer.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._writer.shutdown(wait=True)
+        self._writer.close()
 
     # -- reading -------------------------------------------------------------------------------
 

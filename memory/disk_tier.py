@@ -408,6 +408,18 @@ class _File:
     mtime: float
 
 
+def read_side_file(path: Path, what: str) -> bytes | None:
+    """The bytes of a file kept beside the pages (a tail, a state snapshot); None when it is
+    missing, or unreadable (said once in the log: the caller recomputes what it held)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("%s %s unreadable (%s); recomputing it", what, path, e)
+        return None
+
+
 def _scan(kv_root: Path) -> list[_File]:
     """Every regular file two levels under each fingerprint directory."""
     out: list[_File] = []

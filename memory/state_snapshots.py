@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from memory.background_writer import BackgroundWriter
-from memory.disk_tier import DiskTier
+from memory.disk_tier import DiskTier, read_side_file
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,8 @@ class StateSnapshotStore:
         path = self.path(h)
         if path is None:
             return None
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            log.warning("state snapshot %s unreadable (%s); recomputing it", path, e)
+        data = read_side_file(path, "state snapshot")
+        if data is None:
             return None
         snap, problem = self._parse(data, h)
         if problem:

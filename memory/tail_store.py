@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from memory.background_writer import BackgroundWriter
-from memory.disk_tier import DiskTier
+from memory.disk_tier import DiskTier, read_side_file
 from memory.kv_layout import KVLayout
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,8 @@ class TailStore:
 
     def load(self, name: bytes, num_tokens: int) -> Tail | None:
         path = self.path(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            log.warning("KV tail %s unreadable (%s); recomputing it", path, e)
+        data = read_side_file(path, "KV tail")
+        if data is None:
             return None
         tail, problem = self._parse(data, name, num_tokens)
         if problem:

@@ -57,7 +57,8 @@ def _page_descriptor(cache: torch.Tensor, block_n: int) -> TensorDescriptor:
                             [1, block_n, cache.shape[3]])  # fmt: skip
 
 
-def default_extend_config(device: torch.device, head_dim: int) -> ExtendConfig:
+def default_extend_config(device: torch.device, head_dim: int,
+                          elem_bytes: int = 2) -> ExtendConfig:
     """Tuned on an H200 (bench/gpu_kernels.py --tune extend); small tiles for the interpreter.
 
     H200, 2K queries over 64K-1M keys, Qwen2.5-7B shape: 128x128 tiles, 8 warps, 3 stages,
@@ -66,7 +67,8 @@ def default_extend_config(device: torch.device, head_dim: int) -> ExtendConfig:
     Key splits fill the last wave of programs.
     """
     if device.type == "cuda":
-        if head_dim > 128:  # not tuned: keeps registers and shared memory in bounds
+        if head_dim > 128 or elem_bytes > 2:  # not tuned: keeps shared memory in bounds
+            # (fp32 128x128 tiles in three stages would need 329 KB of the H200's 227 KB)
             return ExtendConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
         if has_tma(device):
             return ExtendConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tma=True,
@@ -299,7 +301,8 @@ def extend_attention(
     _, page_size, kv_heads, _ = k_cache.shape
     group = num_heads // kv_heads
     batch = seq_lens.shape[0]
-    cfg = config or default_extend_config(q.device, head_dim)
+    cfg = config or default_extend_config(q.device, head_dim,
+                                          max(q.element_size(), k_cache.element_size()))
     block_m = max(cfg.block_m, triton.next_power_of_2(group))
     tokens = block_m // group
     out = torch.empty_like(q) if out is None else out

@@ -23,9 +23,18 @@ _MIN_SCALE: tl.constexpr = tl.constexpr(MIN_SCALE)
 
 @triton.jit
 def fp8_decode(x, NATIVE: tl.constexpr):
-    """fp32 values of e4m3 `x` (an fp8 tile, or its uint8 bits when not NATIVE)."""
+    """fp32 values of e4m3 `x` (an fp8 tile, or its uint8 bits when not NATIVE). One return,
+    as in fp8_encode: compiled Triton also builds the code after a constexpr branch's return."""
     if NATIVE:
-        return x.to(tl.float32)
+        out = x.to(tl.float32)
+    else:
+        out = _e4m3_value(x)
+    return out
+
+
+@triton.jit
+def _e4m3_value(x):
+    """fp32 values of the uint8 e4m3 bit patterns `x`."""
     bits = x.to(tl.int32)
     exp = (bits >> 3) & 0xF
     man = (bits & 7).to(tl.float32)
@@ -38,9 +47,18 @@ def fp8_decode(x, NATIVE: tl.constexpr):
 @triton.jit
 def fp8_encode(x, dtype: tl.constexpr, NATIVE: tl.constexpr):
     """e4m3 of fp32 `x` in [-448, 448] (an fp8 tile, or uint8 bits when not NATIVE), rounded
-    to nearest even."""
+    to nearest even. One return: compiled Triton types every return of a function alike, even
+    those a constexpr branch never reaches."""
     if NATIVE:
-        return x.to(dtype)
+        out = x.to(dtype)
+    else:
+        out = _e4m3_bits(x)
+    return out
+
+
+@triton.jit
+def _e4m3_bits(x):
+    """The e4m3 bit pattern of fp32 `x`, as uint8, for devices without a native fp8 type."""
     a = tl.abs(x)
     # Subnormals and zero: a * 2^9 is exact, then round half to even to an integer 0..8.
     sub = a * 512.0

@@ -4,6 +4,7 @@ compile nothing more (on the H200 a first turn's last chunk once waited 3.9 s fo
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def test_no_turn_compiles_a_kernel_after_start_up(tmp_path, monkeypatch):
     monkeypatch.setenv("AGENT_CACHE_DIR", str(tmp_path / "cache"))
     base = os.environ.get("AGENT_TEST_MODEL_DIR")
     folder = write_model_folder(Path(base or tmp_path) / "tiny", TINY)
+    gc.collect()  # earlier tests of this process may still hold cached device blocks
+    torch.cuda.empty_cache()
     model = LocalModel.open(str(folder), RuntimeOptions(gpu_memory=0.5))
     engine = model.engine
     before = _variants()

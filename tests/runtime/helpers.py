@@ -28,11 +28,13 @@ class PagedRunner:
         page_size: int = 16,
         num_pages: int = 64,
         dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
     ):
         planes, heads, dim = cfg.kv_row()
         layout = KVLayout(cfg.num_layers, heads, dim, page_size, dtype, planes)
         self.model = model
-        self.pool = DevicePagePool(layout, num_pages)
+        self.device = torch.device(device)
+        self.pool = DevicePagePool(layout, num_pages, self.device)
         self.backend = TorchReferenceBackend()
         self.ops = TorchOps()
         self.page_size = page_size
@@ -49,12 +51,13 @@ class PagedRunner:
         need = -(-end // self.page_size) - len(self.pages)
         if need > 0:
             self.pages += self.pool.alloc(need)
-        meta = build_metadata([self.pages], [end], [len(ids)], self.page_size, torch.device("cpu"))
+        meta = build_metadata([self.pages], [end], [len(ids)], self.page_size, self.device)
         states = None if self.states is None else self.states.bind([self.slot], meta)
         ctx = ForwardContext(self.backend, self.pool.layer_views(), meta, self.ops, states)
-        hidden = self.model(torch.tensor(ids), torch.arange(start, end), ctx)
+        hidden = self.model(torch.tensor(ids, device=self.device),
+                            torch.arange(start, end, device=self.device), ctx)
         self.tokens += ids
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden).cpu()
 
     def prefill(self, ids: list[int], chunks: list[int]) -> torch.Tensor:
         """Extend by `ids` cut into chunks of the given sizes (the last one takes the rest)."""

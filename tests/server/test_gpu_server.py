@@ -1,5 +1,7 @@
-"""On the GPU: 16 concurrent sessions through the server with the default model (pipelined
-decode, CUDA graphs), each reply equal to the same request served alone."""
+"""On the GPU: 16 concurrent sessions through the server (pipelined decode, CUDA graphs), each
+reply equal to the same request served alone. The model is a small random-weight HF folder of
+real layout (the lent GPU machine cannot fetch the default GGUF), in fp32 so batching cannot
+change a greedy token."""
 
 from __future__ import annotations
 
@@ -8,15 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.model_folder import TINY, write_model_folder
 from tests.server.conftest import start_server
 from tests.server.test_load_and_faults import chat_body, post
 
 
 @pytest.mark.gpu
-def test_sixteen_sessions_on_the_gpu_equal_each_alone(smollm2_gguf, tmp_path):
+def test_sixteen_sessions_on_the_gpu_equal_each_alone(tmp_path):
     from runtime.local_model import LocalModel, RuntimeOptions
 
-    model = LocalModel.open(str(smollm2_gguf), RuntimeOptions(device="cuda", dtype="fp32",
+    folder = write_model_folder(tmp_path / "tiny", TINY)
+    model = LocalModel.open(str(folder), RuntimeOptions(device="cuda", dtype="fp32",
                                                               cache_dir=tmp_path / "cache"))
     running = start_server(model, tmp_path / "g.sock", max_running=16)
     try:

@@ -7,6 +7,7 @@ import torch
 
 from runtime.kernels.torch_ref import TorchReferenceBackend
 from runtime.kernels.triton_decode import DecodeConfig, decode_attention, merge_splits
+from tests.runtime.kernels.on_device import DEVICE, fp32_tol
 
 LENS = [1, 16, 37, 129, 200]  # one key, one exact page, and lengths off every block size
 
@@ -17,12 +18,12 @@ def reference(p, q, scale):
 
 
 def check(paged, rel, lens, group, head_dim, page_size, kv_heads=2, **kw):
-    p = paged(lens, [1] * len(lens), kv_heads, head_dim, page_size, torch.float32, "cpu")
-    q = torch.randn(len(lens), kv_heads * group, head_dim)
+    p = paged(lens, [1] * len(lens), kv_heads, head_dim, page_size, torch.float32, DEVICE)
+    q = torch.randn(len(lens), kv_heads * group, head_dim, device=DEVICE)
     m = p.meta
     out = decode_attention(q, p.k_cache, p.v_cache, m.block_tables, m.seq_lens, 0.1, **kw)
     assert out.shape == q.shape
-    assert rel(out, reference(p, q, 0.1)) < 1e-5
+    assert rel(out, reference(p, q, 0.1)) < fp32_tol()
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, None])
@@ -50,8 +51,8 @@ def test_decode_non_power_of_two_head_dim(paged, rel):
 def test_merge_weights_splits_by_lse():
     # Two halves of one softmax: merging their normalised outputs by LSE gives the whole.
     torch.manual_seed(0)
-    s = torch.randn(3, 2, 40)  # (T, H, keys) scores in base 2
-    v = torch.randn(40, 8)
+    s = torch.randn(3, 2, 40, device=DEVICE)  # (T, H, keys) scores in base 2
+    v = torch.randn(40, 8, device=DEVICE)
     parts, lses = [], []
     for lo, hi in ((0, 17), (17, 40)):
         w = torch.softmax(s[..., lo:hi] * torch.log(torch.tensor(2.0)), -1)
@@ -59,11 +60,12 @@ def test_merge_weights_splits_by_lse():
         lses.append(
             torch.logsumexp(s[..., lo:hi] * torch.log(torch.tensor(2.0)), -1) / 0.6931471805599453
         )
-    parts.append(torch.zeros(3, 2, 8))  # an empty split
-    lses.append(torch.full((3, 2), float("-inf")))
-    out = merge_splits(torch.stack(parts, 2), torch.stack(lses, 2), torch.empty(3, 2, 8))
+    parts.append(torch.zeros(3, 2, 8, device=DEVICE))  # an empty split
+    lses.append(torch.full((3, 2), float("-inf"), device=DEVICE))
+    out = merge_splits(torch.stack(parts, 2), torch.stack(lses, 2),
+                       torch.empty(3, 2, 8, device=DEVICE))
     want = torch.softmax(s * torch.log(torch.tensor(2.0)), -1) @ v
-    assert torch.allclose(out, want, atol=1e-5)
+    assert torch.allclose(out, want, atol=fp32_tol())
 
 
 # ---- GPU, bf16, real sizes -------------------------------------------------------------------

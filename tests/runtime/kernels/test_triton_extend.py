@@ -7,6 +7,7 @@ import torch
 
 from runtime.kernels.torch_ref import TorchReferenceBackend
 from runtime.kernels.triton_extend import ExtendConfig, extend_attention
+from tests.runtime.kernels.on_device import DEVICE, fp32_tol
 
 # (seq_len, query_len): a cached prefix, an empty cache, one token, lengths off every block size.
 MIXED = [(37, 10), (5, 5), (50, 1), (70, 33)]
@@ -34,12 +35,12 @@ def reference(p, q, scale):
 
 def check(paged, rel, batch, group, head_dim, page_size, kv_heads=2, tol=1e-5, **kw):
     seq_lens, query_lens = [s for s, _ in batch], [q for _, q in batch]
-    p = paged(seq_lens, query_lens, kv_heads, head_dim, page_size, torch.float32, "cpu")
-    q = torch.randn(sum(query_lens), kv_heads * group, head_dim)
+    p = paged(seq_lens, query_lens, kv_heads, head_dim, page_size, torch.float32, DEVICE)
+    q = torch.randn(sum(query_lens), kv_heads * group, head_dim, device=DEVICE)
     scale = head_dim**-0.5
     out = run_extend(p, q, scale, **kw)
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert rel(out, reference(p, q, scale)) < tol
+    assert rel(out, reference(p, q, scale)) < fp32_tol(tol)
 
 
 @pytest.mark.parametrize("page_size", [16, 64])
@@ -82,11 +83,11 @@ def test_extend_single_sequence_prefill(paged, rel):
 
 
 def test_extend_writes_every_row_of_out(paged, rel):
-    p = paged([30, 9], [12, 9], 2, 64, 16, torch.float32, "cpu")
-    q = torch.randn(21, 8, 64)
+    p = paged([30, 9], [12, 9], 2, 64, 16, torch.float32, DEVICE)
+    q = torch.randn(21, 8, 64, device=DEVICE)
     out = torch.full_like(q, float("nan"))
     run_extend(p, q, 0.1, out=out)
-    assert rel(out, reference(p, q, 0.1)) < 1e-5
+    assert rel(out, reference(p, q, 0.1)) < fp32_tol()
 
 
 def test_extend_split_heuristic_only_for_long_keys():

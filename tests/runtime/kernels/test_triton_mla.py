@@ -8,8 +8,8 @@ import torch
 
 from runtime.kernels.torch_mla import TorchLatentBackend
 from runtime.kernels.triton_mla import TritonLatentBackend
+from tests.runtime.kernels.on_device import DEVICE, fp32_tol
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [
     ([1, 16, 37], [1, 1, 1], 4, 32, 8, 16),  # decode: one key, an exact page, a ragged tail
     ([23, 40], [23, 7], 5, 32, 8, 16),  # extend: a whole prompt, and 7 new on 33 cached
@@ -63,4 +63,4 @@ def test_split_keys_merge_to_the_unsplit_result(paged, rel, splits):
     args = (q_lat, q_rope, p.k_cache, p.meta.block_tables, seq, pos, 0.2)
     one = latent_attention(*args, max_keys=129, splits=1)
     many = latent_attention(*args, max_keys=129, splits=splits)
-    assert rel(many, one) < 1e-6
+    assert rel(many, one) < fp32_tol(1e-6, 1e-4)  # tf32: splits round differently

@@ -7,6 +7,7 @@ import torch
 
 from runtime.kernels.torch_ref import store_kv_reference
 from runtime.kernels.triton_store import store_kv
+from tests.runtime.kernels.on_device import DEVICE
 
 
 def pools(page_size, kv_heads, head_dim, dtype, device, pages=6, layers=3):
@@ -18,13 +19,13 @@ def pools(page_size, kv_heads, head_dim, dtype, device, pages=6, layers=3):
 @pytest.mark.parametrize("page_size", [16, 64])
 def test_store_matches_reference(page_size, head_dim):
     torch.manual_seed(0)
-    a, b = pools(page_size, 2, head_dim, torch.float32, "cpu")
+    a, b = pools(page_size, 2, head_dim, torch.float32, DEVICE)
     n = 23
     # k and v as strided slices of one fused projection, as the models produce them.
-    qkv = torch.randn(n, 8 * head_dim)
+    qkv = torch.randn(n, 8 * head_dim, device=DEVICE)
     k = qkv[:, 4 * head_dim : 6 * head_dim].view(n, 2, head_dim)
     v = qkv[:, 6 * head_dim :].view(n, 2, head_dim)
-    slots = torch.randperm(6 * page_size)[:n]
+    slots = torch.randperm(6 * page_size, device=DEVICE)[:n]
     store_kv_reference(a[:, 1, 0], a[:, 1, 1], k, v, slots, page_size)
     store_kv(b[:, 1, 0], b[:, 1, 1], k, v, slots)
     assert torch.equal(a, b)
@@ -32,9 +33,9 @@ def test_store_matches_reference(page_size, head_dim):
 
 def test_store_skips_negative_slots_and_casts():
     torch.manual_seed(0)
-    a, b = pools(16, 2, 64, torch.float16, "cpu")
-    k, v = torch.randn(5, 2, 64), torch.randn(5, 2, 64)
-    slots = torch.tensor([3, -1, 40, -1, 95])
+    a, b = pools(16, 2, 64, torch.float16, DEVICE)
+    k, v = torch.randn(5, 2, 64, device=DEVICE), torch.randn(5, 2, 64, device=DEVICE)
+    slots = torch.tensor([3, -1, 40, -1, 95], device=DEVICE)
     keep = slots >= 0
     store_kv_reference(a[:, 2, 0], a[:, 2, 1], k[keep], v[keep], slots[keep], 16)
     store_kv(b[:, 2, 0], b[:, 2, 1], k, v, slots)

@@ -109,7 +109,8 @@ def raw_prefill(model: Path, tokens: int, env: dict) -> dict:
         if n > tokens * CHARS_PER_TOKEN:
             break
     text = "".join(parts)
-    r = subprocess.run([*agent_cmd(), "generate", "--model", str(model), "--raw", "-",
+    r = subprocess.run([*agent_cmd(), "generate", "--server", "off", "--model", str(model),
+                        "--raw", "-",
                         "--max-tokens", "2", "--json", "--no-prefix-cache"], env=env,
                        input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -150,7 +151,10 @@ def main() -> None:
         env = {**os.environ, "AGENT_CACHE_DIR": str(work / "cache"),
                "AGENT_DATA_DIR": str(work / "data")}
         repo = make_repo(work / "repo", size)
-        common = ["run", "--repo", str(repo), "--model", str(model), "--output-format",
+        # --server off: this measures a process of its own (load, warm-up, ingest); with the
+        # resident server a turn skips the load (bench/server_load.py measures that).
+        common = ["run", "--server", "off", "--repo", str(repo), "--model", str(model),
+                  "--output-format",
                   "stream-json", "--max-turns", "1", "--max-tokens", "32", "--tool-choice",
                   "none"]
         first = timed_stream([*common, "Summarise the repository."], env)

@@ -159,13 +159,35 @@ def _load(path: Path, dtype: torch.dtype, device: torch.device, native: bool = F
         free, total = torch.cuda.mem_get_info(device)
         if need > free:
             raise OutOfMemory(f"the model's weights need {gb(need)} in {_dtype_name(dtype)} but "
-                              f"{device} has {gb(free)} free of {gb(total)}; use a smaller "
-                              "model or a GPU with more memory")
+                              f"{device} has {gb(free)} free of {gb(total)}"
+                              f"{_held_by_others(device)}; use a smaller model or a GPU with "
+                              "more memory")
     try:
         return load_model(path, dtype=dtype, device=device, native=native)
     except torch.OutOfMemoryError as e:
         raise OutOfMemory(f"the model's weights do not fit {device} in {_dtype_name(dtype)} "
-                          f"({str(e).splitlines()[0]}); use a smaller model") from e
+                          f"({str(e).splitlines()[0]}){_held_by_others(device)}; use a smaller "
+                          "model") from e
+
+
+def _held_by_others(device: torch.device) -> str:
+    """A clause naming the device memory other processes hold, when that is over 1 GiB (a
+    resident server holds most of the GPU while it runs), else ""."""
+    free, total = torch.cuda.mem_get_info(device)
+    others = total - free - torch.cuda.memory_reserved(device)
+    if others < 1 << 30:
+        return ""
+    return (f"; other processes hold {gb(others)} of it (a resident server `agent serve` "
+            "holds the GPU while it runs: share it with --server auto, or stop it with "
+            "`agent serve --stop`)")
+
+
+def _is_device_oom(e: BaseException) -> bool:
+    """An allocation failure on the device: torch's own, or a library's (cuBLAS creates its
+    handle and workspace at the first matmul and reports ALLOC_FAILED when none is left)."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "ALLOC_FAILED" in text or (
+        "out of memory" in text and "CUDA" in text)
 
 
 def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backend,
@@ -176,7 +198,13 @@ def _plan(model, cfg: ModelConfig, layout: KVLayout, device: torch.device, backe
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if device.type == "cuda":
         context = min(window, budget.max_context or window)
-        reserve = profile_reserve(model, layout, chunk, backend, device, context)
+        try:
+            reserve = profile_reserve(model, layout, chunk, backend, device, context)
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not _is_device_oom(e):
+                raise
+            raise OutOfMemory(f"{device} ran out of memory running one {chunk:,}-token prefill "
+                              f"chunk after the weights{_held_by_others(device)}") from e
         free, total = torch.cuda.mem_get_info(device)
         dev = DeviceMemory("cuda", total, free, weights, reserve)
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import time
 from pathlib import Path
 
 from runtime import settings
@@ -53,6 +55,9 @@ def register(sub) -> None:
                    help="shut down (flushing the KV) after this long without a request")
     p.add_argument("--no-stabilise", action="store_true",
                    help="keep volatile prompt blocks (billing nonces, dates) in place")
+    p.add_argument("--stop", action="store_true",
+                   help="stop the server listening on --socket (it finishes running requests "
+                   "and flushes its KV pages first), then exit")
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from runtime.local_model import LocalModel, RuntimeOptions
     from server.resident import ResidentServer, ServeOptions
 
+    if args.stop:
+        return stop_server(socket_path(args.socket))
     _log_to_stderr()
     dirs = resolve_dirs(args)
     options = ServeOptions(
@@ -78,6 +85,49 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         err("interrupted")
     return 0
+
+
+def stop_server(path: Path, timeout: float = 300.0) -> int:
+    """SIGTERM to the server behind the socket at `path` (its pid from `info`), then wait for
+    it to flush and exit. 0 when it stopped, 1 when none runs there or it did not stop."""
+    from agent.backends.resident import ResidentClient, ServerUnavailable
+    from cli.common import err, out
+
+    try:
+        pid = ResidentClient(path, timeout=30).call("info").get("pid")
+    except ServerUnavailable:
+        err(f"no server is running at {path}")
+        return 1
+    if not isinstance(pid, int):
+        err(f"the server at {path} does not say its pid (an older version): stop it with "
+            "Ctrl-C or SIGTERM")
+        return 1
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            err(f"the server (pid {pid}) is still flushing after {timeout:g} s")
+            return 1
+        time.sleep(0.2)
+    out(f"stopped the server (pid {pid})")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _log_to_stderr() -> None:

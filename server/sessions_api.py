@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import Any
 
 from runtime.constraints import text_only_constraint, tool_call_constraint
@@ -56,6 +57,7 @@ class SessionEndpoints:
         m = self.ctx.model
         stats = getattr(m.engine.kv, "stats", None)
         return {"model": m.name, "fingerprint": m.fingerprint, "path": str(m.path),
+                "pid": os.getpid(),
                 "context_window": m.context_window,
                 "window": m.config.max_position_embeddings, "stop_ids": sorted(m.engine.stop_ids),
                 "kv": stats() if stats else None, "page_size": m.engine.page_size,

@@ -174,3 +174,26 @@ def test_agent_run_with_tool_calls_then_continue_in_a_new_process(model_dir, env
     turns = [e for e in stream(r2) if e.get("type") == "turn_finished"]
     usage = turns[-1]["usage"]
     assert usage["cached_input_tokens"] >= 0.95 * usage["input_tokens"] - 256, usage
+
+
+def test_a_gpu_held_by_another_process_is_one_line_naming_it(model_dir, env):
+    """What a user meets when a resident server (or anything else) holds the card and a command
+    loads in-process: one line that says who holds the memory and how to share or free it."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time, torch
+        free, _ = torch.cuda.mem_get_info()
+        block = torch.empty(free - (8 << 30), dtype=torch.uint8, device="cuda")
+        print("held", flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = agent("generate", "--server", "off", "--model", str(model_dir), "--prompt", "hi",
+                  "--max-tokens", "2", env=env, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "other processes hold" in lines[0], r.stderr[-800:]
+    assert "agent serve --stop" in lines[0] and "Traceback" not in r.stderr

@@ -1,6 +1,7 @@
 """`agent serve` as a process: `agent generate` twice (the second served from the server's
 cache, neither loading the model) and two `agent run` sessions at once on the one model it
-loaded; SIGTERM finishes, flushes and removes the socket."""
+loaded; `agent serve --stop` finishes, flushes and removes the socket, and says so when no
+server runs."""
 
 from __future__ import annotations
 
@@ -57,13 +58,23 @@ def test_serve_generate_and_two_runs_share_one_model(tmp_path, smollm2_gguf):
         for r, (stdout, stderr) in zip(runs, outs):
             assert r.returncode in (0, 3), stderr[-500:]
             validate_stream(stdout)
+        stop = subprocess.run([AGENT, "serve", "--stop"], env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert stop.returncode == 0 and f"pid {server.pid}" in stop.stdout, stop.stderr
     finally:
-        server.send_signal(signal.SIGTERM)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
         _, log = server.communicate(timeout=120)
     assert server.returncode == 0, log[-800:]
     assert not sock.exists()
     opened = [line for line in log.splitlines() if "opened:" in line]
     assert len(opened) >= 4, log[-800:]  # two generates, two runs, all in the one server
+
+
+def test_stop_without_a_server_says_none_runs(tmp_path):
+    r = subprocess.run([AGENT, "serve", "--stop", "--socket", str(tmp_path / "none.sock")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no server is running at" in r.stderr
 
 
 @pytest.mark.slow

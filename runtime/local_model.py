@@ -20,6 +20,7 @@ from memory.kv_layout import KVLayout
 from runtime import settings
 from runtime.chat_template import ChatTemplate
 from runtime.config import ModelConfig
+from runtime.constraints import prepare as prepare_constraints
 from runtime.engine.cpu_layout import use_onednn
 from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.kv_pages import KVPages, PrivatePages
@@ -70,6 +71,7 @@ class RuntimeOptions:
     host_pages: int | None = None  # exact host pages, likewise
     warmup: bool | None = None  # capture the batch-1 decode graph at start (default: on CUDA)
     cache_dir: Path | None = None  # models and KV pages; None: the settings' (env, config file)
+    constraints: bool = False  # build the grammar tokenizer while the weights load (sessions)
 
 
 @dataclass
@@ -123,11 +125,13 @@ class LocalModel:
         dequantized = None if native else options.weights
         dtype = DTYPES[options.dtype or dequantized or _default_dtype(device, native)]
         settings.export_triton_cache_dir(options.cache_dir)
+        tokenizer = _load_tokenizer(path)
+        if options.constraints:
+            prepare_constraints(tokenizer)  # beside the load: the first turn needs it
         loaded = _load(path, dtype, device, native)
         loaded.model.fuse_projections()
         if device.type == "cpu":
             use_onednn(loaded.model)
-        tokenizer = _load_tokenizer(path)
         load_s = time.perf_counter() - start
         cfg = loaded.config
         kv_dtype = KV_DTYPES[options.kv_dtype] if options.kv_dtype else dtype

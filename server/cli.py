@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         max_running=args.max_running, max_waiting=args.max_waiting,
         stabilise=not args.no_stabilise, temperature=args.temperature)
     model = LocalModel.open(args.model, RuntimeOptions(**model_options(args),
-                                                       cache_dir=dirs.cache_dir))
+                                                       cache_dir=dirs.cache_dir,
+                                                       constraints=True))
     server = ResidentServer(model, options)
     try:
         asyncio.run(_serve(server, out, args.idle_exit))

@@ -30,4 +30,5 @@ def open_backend(spec: str | None, *, api_key_env: str | None = None,
     from agent.backends.local import LocalBackend
     from runtime.local_model import LocalModel, RuntimeOptions
 
-    return LocalBackend(LocalModel.open(spec, RuntimeOptions(**runtime_options)))
+    return LocalBackend(LocalModel.open(spec, RuntimeOptions(**runtime_options,
+                                                             constraints=True)))

@@ -73,6 +73,7 @@ class ContextParallelRunner:
         self.group = group
         self.cp_min = cp_min
         self.chunk = chunk  # tokens per feed-forward block (bounds the activations)
+        self.prefills = 0  # context-parallel prefills run (for tests and benchmarks)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -87,6 +88,7 @@ class ContextParallelRunner:
     def prefill(self, w: Work) -> Tensor:
         """Compute `w` (a whole fresh sequence) context-parallel; its last token's logits."""
         runner, group = self.inner, self.group
+        self.prefills += 1
         body = runner.model.model
         spans = zigzag_spans(w.end, group.world, group.rank)
         positions = torch.cat([torch.arange(s, e, device=runner.device) for s, e in spans])

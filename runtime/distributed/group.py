@@ -52,7 +52,7 @@ class RankGroup:
         out = x.new_empty((self.world, rows, *x.shape[1:]))
         padded = x if x.shape[0] == rows else torch.cat(
             [x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
-        dist.all_gather_into_tensor(out, padded.contiguous())
+        dist.all_gather(list(out.unbind(0)), padded.contiguous())
         return out
 
     def gather_last(self, x: Tensor, sizes: tuple[int, ...]) -> Tensor:

@@ -31,7 +31,8 @@ from runtime.distributed.group import init_group, leave_group
 from runtime.distributed.link import Link
 from runtime.distributed.mirror import Mirror
 from runtime.distributed.rank import RankContext
-from runtime.distributed.split import InvalidParallel
+from runtime.distributed.split import InvalidParallel, check_splittable
+from runtime.errors import RuntimeError_
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def open_parallel(cls: Any, spec: str | None, options: Any, kv: Any = None) -> A
 
     path = resolve_model(spec or settings.default_model(), progress=options.progress,
                          cache_dir=options.cache_dir)  # once, before any rank reads it
+    _precheck(path, world)
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=START_TIMEOUT,
                           wait_for_workers=False)
     ranks = Followers.start(world, store.port, str(path), options, devices)
@@ -68,13 +70,26 @@ def open_parallel(cls: Any, spec: str | None, options: Any, kv: Any = None) -> A
         ranks.wait_for("ready")
     except BaseException as e:
         failure = ranks.failure()
-        ranks.stop()
-        if failure and isinstance(e, Exception):
-            raise InvalidParallel(failure) from e
+        ranks.stop(lost=True)
+        if failure and isinstance(e, Exception) and not isinstance(e, RuntimeError_):
+            raise InvalidParallel(failure) from e  # rank 0 saw only the broken collective
         raise
     mirror.on_close = ranks.stop
     mirror.driving = True
     return model
+
+
+def _precheck(path: Path, world: int) -> None:
+    """Refuse a folder's model that cannot be split before any process starts."""
+    if (path / "config.json").is_file():
+        from runtime.config import ModelConfig
+        from runtime.loader.hf import read_json
+
+        try:
+            cfg = ModelConfig.from_hf(read_json(path / "config.json"))
+        except Exception:  # noqa: BLE001 - the load reports a bad config in its own words
+            return
+        check_splittable(cfg, world)
 
 
 def rank_devices(device: str | None, world: int) -> list[torch.device]:
@@ -156,8 +171,9 @@ class Followers:
                 continue
         return self.errors[0] if self.errors else None
 
-    def stop(self) -> None:
-        """Tell every follower to exit, wait a little, kill what is left; leave the group."""
+    def stop(self, lost: bool = False) -> None:
+        """Tell every follower to exit, wait a little, kill what is left; leave the group.
+        `lost`: the ranks lost step (an interrupt inside a collective): kill them now."""
         if self.stopped:
             return
         self.stopped = True
@@ -166,12 +182,13 @@ class Followers:
                 conn.send(("exit", (), []))
             except (BrokenPipeError, OSError):
                 pass
-        deadline = time.monotonic() + _JOIN_S
+        deadline = time.monotonic() + (0.0 if lost else _JOIN_S)
         for p in self.procs:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("rank process %s did not exit; killing it", p.pid)
+                if not lost:
+                    log.warning("rank process %s did not exit; killing it", p.pid)
                 p.kill()
                 p.wait()
         for conn in self.conns:

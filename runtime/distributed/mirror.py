@@ -34,6 +34,10 @@ from runtime.engine.sequence import Sequence
 log = logging.getLogger(__name__)
 
 KV_CALLS = ("flush", "close", "evict_all_to_host", "evict_all_to_disk")
+# Calls that run no collective: once the ranks lost step they still run, on rank 0 alone, so
+# the cleanup after an interrupt (abort, release, close) does not mask it.
+LOCAL_CALLS = ("new_sequence", "fork", "add_request", "release", "truncate", "save_tail",
+               "abort", "kv.flush", "kv.close")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Mirror:
         self.lost: str | None = None
         self.known: set[int] = set()  # rank 0's ids of the sequences the followers have
         self.forgotten: list[int] = []  # sequences rank 0 dropped since the last message
-        self.on_close: Callable[[], None] | None = None
+        self.on_close: Callable[[bool], None] | None = None  # called with `lost`
 
     @contextmanager
     def call(self, name: str, *args: Any, after: bool = False) -> Iterator[list]:
@@ -65,7 +69,9 @@ class Mirror:
         values appended to the yielded list)."""
         outer = self.driving and self.depth == 0
         if outer and self.lost:
-            raise InvalidParallel(self.lost)
+            if name not in LOCAL_CALLS:
+                raise InvalidParallel(self.lost)
+            outer = False
         if outer and not after:
             self.send(name, *args)
         extra: list = []
@@ -187,13 +193,10 @@ class DrivingKV:
 
     def close(self) -> None:
         try:
-            if not self.mirror.lost:
-                self._mirrored("close")
-            elif hasattr(self.inner, "close"):
-                self.inner.close()
+            self._mirrored("close")
         finally:
             if self.mirror.on_close is not None:
-                self.mirror.on_close()
+                self.mirror.on_close(self.mirror.lost is not None)
 
     def _mirrored(self, name: str) -> None:
         with self.mirror.call(f"kv.{name}"):

@@ -14,6 +14,8 @@ summation order.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +28,8 @@ from runtime.engine.model_runner import ModelRunner, Work
 from runtime.engine.scheduler import Scheduler
 from runtime.engine.sequence import Sequence
 from runtime.kernels.backend import AttentionMetadata
+
+log = logging.getLogger(__name__)
 
 # Prefill tokens from which a fresh sequence is computed context-parallel. A first estimate
 # (below it one chunked prefill is short anyway); bench/cp_prefill.py measures the crossover.
@@ -42,16 +46,19 @@ def zigzag_spans(total: int, world: int, rank: int) -> list[tuple[int, int]]:
 class ParallelScheduler(Scheduler):
     """The engine's scheduler, except that a fresh sequence with at least `cp_min` pending
     tokens is prefilled as one context-parallel work item when no decode row shares the step
-    (`cp_min` 0: never)."""
+    and its activations fit every rank (`fits`, agreed by all; `cp_min` 0: never)."""
 
-    def __init__(self, chunk: int, max_batch_tokens: int, cp_min: int):
+    def __init__(self, chunk: int, max_batch_tokens: int, cp_min: int,
+                 fits: Callable[[int], bool]):
         super().__init__(chunk, max_batch_tokens)
         self.cp_min = cp_min
+        self.fits = fits
 
     def schedule(self, seqs: list[Sequence], decode_rows: int = 0) -> list[Work]:
         if self.cp_min and not decode_rows:
             for seq in seqs:
-                if seq.num_computed == 0 and seq.num_pending >= self.cp_min:
+                if (seq.num_computed == 0 and seq.num_pending >= self.cp_min
+                        and self.fits(len(seq.tokens))):
                     self._tick += 1
                     self._served[seq.seq_id] = self._tick
                     return [Work(seq, 0, len(seq.tokens), want_logits=True)]
@@ -77,6 +84,21 @@ class ContextParallelRunner:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def fits(self, tokens: int) -> bool:
+        """Whether a context-parallel prefill of `tokens` fits every rank's free device
+        memory (the same answer on every rank); the CPU's memory is not planned."""
+        if self.inner.device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(self.inner.device)
+        free += torch.cuda.memory_reserved(self.inner.device) - torch.cuda.memory_allocated(
+            self.inner.device)
+        need = activation_bytes(self.inner.model.config, tokens, self.group.world, self.chunk)
+        (ok,) = self.group.agree_min([int(need <= free)])
+        if not ok:
+            log.info("a %d-token prefill needs ~%.1f GB for context parallel; chunked instead",
+                     tokens, need / 1e9)
+        return bool(ok)
 
     def run(self, work: list[Work], ids: Tensor | None = None) -> Tensor | None:
         if (self.cp_min and len(work) == 1 and work[0].start == 0
@@ -155,6 +177,19 @@ class ContextParallelRunner:
             out[s : s + self.chunk] = F.linear(F.silu(gate) * up, down)
         bias = mlp.down_proj.row_bias
         return out if bias is None else out + bias
+
+
+def activation_bytes(cfg: Any, tokens: int, world: int, chunk: int, size: int = 2) -> int:
+    """An upper estimate of one rank's transient memory in a context-parallel prefill of
+    `tokens` (bf16): its tokens' hidden-sized tensors and q/k/v, every token's gathered K/V
+    (padded and ordered), a feed-forward block, one layer's gathered weights; plus a fifth."""
+    t = tokens // world + 2
+    h, d = cfg.hidden_size, cfg.head_dim
+    qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * d
+    kv = 2 * 2 * (tokens + 2 * world) * cfg.num_kv_heads * d
+    ffn = min(chunk, t) * 3 * cfg.intermediate_size
+    weights = h * (qkv + cfg.num_heads * d + 3 * cfg.intermediate_size)
+    return int(1.2 * size * (t * (8 * h + 2 * qkv) + kv + ffn + weights))
 
 
 def _span_attention(q: Tensor, k: Tensor, v: Tensor, start: int, end: int, scale: float

@@ -32,5 +32,5 @@ class RankEngine(Engine):
         if runner.graphs is not None:
             runner.graphs.ops = runner.ops
         chunk, budget = self.config.prefill_chunk, self.config.max_batch_tokens
-        self.scheduler = ParallelScheduler(chunk, budget, cp_min)
         self.runner = ContextParallelRunner(runner, group, cp_min, chunk)
+        self.scheduler = ParallelScheduler(chunk, budget, cp_min, self.runner.fits)

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from multiprocessing.connection import Connection
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = timedelta(minutes=10)  # every rank imported torch and joined the store
 _JOIN_S = 10.0  # a follower told to exit has this long before it is killed
+_GRACE_S = 10.0  # after a follower died on its own, before rank 0 ends itself
 
 
 def open_parallel(cls: Any, spec: str | None, options: Any, kv: Any = None) -> Any:
@@ -76,6 +78,7 @@ def open_parallel(cls: Any, spec: str | None, options: Any, kv: Any = None) -> A
         raise
     mirror.on_close = ranks.stop
     mirror.driving = True
+    ranks.watch()
     return model
 
 
@@ -145,6 +148,26 @@ class Followers:
         ranks = cls(procs, conns)
         atexit.register(ranks.stop)
         return ranks
+
+    def watch(self) -> None:
+        """From now on, watch the followers (below) on a thread."""
+        threading.Thread(target=self._watch, name="rank-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        """A follower that dies on its own leaves rank 0 waiting in a collective (NCCL would
+        wait out its timeout): say which one, and end this process after a grace period in
+        which a collective that noticed (gloo does) may end it more gently."""
+        while not self.stopped:
+            dead = [(r, p.returncode) for r, p in enumerate(self.procs, 1) if p.poll() is not None]
+            if dead and not self.stopped:
+                rank, code = dead[0]
+                log.error("rank %d exited on its own (code %s); the split model cannot go on",
+                          rank, code)
+                time.sleep(_GRACE_S)
+                if not self.stopped:
+                    os._exit(1)
+                return
+            time.sleep(0.5)
 
     def wait_for(self, kind: str) -> None:
         """Block until every follower said `kind`; raise InvalidParallel for one that failed

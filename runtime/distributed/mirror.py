@@ -30,6 +30,7 @@ from runtime.distributed.split import InvalidParallel
 from runtime.engine.sampling import SamplingParams
 from runtime.engine.scheduler import Request
 from runtime.engine.sequence import Sequence
+from runtime.errors import RuntimeError_
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class DrivingKV:
         try:
             self._mirrored("close")
         finally:
+            self.mirror.driving = False  # the followers are gone: a second close is local
             if self.mirror.on_close is not None:
                 self.mirror.on_close(self.mirror.lost is not None)
 
@@ -227,8 +229,10 @@ def follow(engine: RankEngine, link: Link) -> None:
             return
         try:
             _replay(engine, name, [decode(a) for a in raw], seqs, reqs)
-        except Exception as e:  # rank 0 met the same error and reports it
+        except RuntimeError_ as e:  # rank 0 met the same error and reports it
             log.debug("rank %d: %s failed as on rank 0: %s", engine.group.rank, name, e)
+        except Exception as e:  # noqa: BLE001 - perhaps this rank's alone: say it
+            log.warning("rank %d: %s failed: %s", engine.group.rank, name, e)
 
 
 def _replay(engine: RankEngine, name: str, args: list, seqs: dict, reqs: dict) -> None:

@@ -128,3 +128,22 @@ def test_long_fresh_prefill_runs_context_parallel_then_decodes(pair):
     close_enough(ta, a)
     assert ttoks == toks
     close_enough(tc, c)
+
+
+def test_a_page_file_lost_on_one_rank_is_recomputed_on_every_rank(pair):
+    ref, tp, world = pair
+    ids = prompt(60, 11)
+    seq = tp.engine.new_sequence()
+    tp.engine.extend(seq, ids)
+    tp.engine.release(seq)
+    tp.flush()
+    tp.engine.kv.evict_all_to_disk()
+    others = [d for d in (Path(tp.cache_dir) / "kv").iterdir() if d.name != tp.fingerprint[:16]]
+    for page in others[-1].rglob("*.page"):  # one follower's files only
+        page.unlink()
+    again = tp.engine.new_sequence()
+    result = tp.engine.extend(again, ids)
+    assert result.cached_tokens == 0 and result.computed_tokens == len(ids)
+    want = ref.engine.new_sequence()
+    ref.engine.extend(want, ids)
+    close_enough(again.last_logits, want.last_logits)

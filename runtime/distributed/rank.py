@@ -16,9 +16,11 @@ from runtime.distributed.link import Link
 from runtime.distributed.mirror import DrivingEngine, Mirror
 from runtime.distributed.rank_engine import RankEngine
 from runtime.distributed.split import TensorSplit, check_splittable
+from runtime.errors import OutOfMemory
 from runtime.loader import load_model
 from runtime.loader.common import LoadedModel
-from runtime.memory_plan import MemoryPlan
+from runtime.memory_plan import MemoryPlan, gb
+from runtime.memory_profile import weights_bytes_on_disk
 
 
 @dataclass
@@ -42,7 +44,14 @@ class RankContext:
 
     def load(self, path: Path, dtype: torch.dtype) -> LoadedModel:
         """Only this rank's slice of each safetensors tensor is read; a GGUF file is loaded
-        whole on the host, then cut."""
+        whole on the host, then cut. OutOfMemory (one line) when the shard cannot fit."""
+        if self.device.type == "cuda":
+            need = weights_bytes_on_disk(path, dtype) // self.group.world
+            free, total = torch.cuda.mem_get_info(self.device)
+            if need > free:
+                raise OutOfMemory(f"rank {self.group.rank}'s share of the weights needs "
+                                  f"{gb(need)} but {self.device} has {gb(free)} free of "
+                                  f"{gb(total)}; raise --tensor-parallel or free the GPU")
         if path.is_dir() and (path / "config.json").is_file():
             loaded = load_model(path, dtype, self.device, split=self.split)
             split = self.split(loaded.config)
@@ -64,7 +73,8 @@ class RankContext:
         return f"{weights_id}#tp{self.group.world}.rank{self.group.rank}"
 
     def agree_plan(self, plan: MemoryPlan, exact_host: bool) -> MemoryPlan:
-        """Every rank takes the smallest rank's pools (page ids must fit every pool alike);
+        """Every rank takes the smallest rank's pools (an allocation must succeed or fail on
+        every rank alike);
         the host tier's budget, planned per process, is shared by the ranks of this host."""
         host = plan.host_pages if exact_host else max(1, plan.host_pages // self.group.world)
         device, host, context = self.group.agree_min([plan.device_pages, host,

@@ -85,6 +85,14 @@ class ContextParallelRunner:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    @property
+    def graphs(self) -> Any:
+        return self.inner.graphs
+
+    @graphs.setter
+    def graphs(self, value: Any) -> None:  # benchmarks switch graphs off and on
+        self.inner.graphs = value
+
     def fits(self, tokens: int) -> bool:
         """Whether a context-parallel prefill of `tokens` fits every rank's free device
         memory (the same answer on every rank); the CPU's memory is not planned."""

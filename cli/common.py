@@ -76,6 +76,9 @@ def add_model_flags(p: argparse.ArgumentParser, cache_dir_default: Any = None) -
                    help="KV cache dtype, if not --dtype's (default: --dtype's); fp8 (e4m3) "
                    "halves the KV bytes")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--tensor-parallel", type=positive_int, default=1, metavar="N",
+                   help="split the model over N GPUs (cuda:0..N-1), one process each "
+                   "(default: %(default)s)")
     p.add_argument("--cache-dir", default=cache_dir_default,
                    help="models and KV pages live here (default: AGENT_CACHE_DIR, the config "
                    "file, the platform's cache dir)")
@@ -95,7 +98,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The RuntimeOptions fields the model flags set (for LocalModel.open / open_backend)."""
     return {"dtype": args.dtype, "device": args.device, "max_context": args.max_context,
             "gpu_memory": args.gpu_memory, "host_memory": args.host_memory,
-            "kv_dtype": args.kv_dtype}
+            "kv_dtype": args.kv_dtype, "tensor_parallel": args.tensor_parallel}
 
 
 def _fraction(text: str) -> float:

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
     cache_dir = resolve_dirs(args).cache_dir
-    model = None if args.no_prefix_cache else serve.remote_model(args.model, args.server,
-                                                                 cache_dir)
+    # The resident server is started with one GPU: a split model is served here.
+    here = args.no_prefix_cache or args.tensor_parallel > 1
+    model = None if here else serve.remote_model(args.model, args.server, cache_dir)
     model = model or LocalModel.open(args.model, RuntimeOptions(
         **model_options(args), progress=sys.stderr.isatty(),
         prefix_cache=not args.no_prefix_cache, cache_dir=cache_dir))

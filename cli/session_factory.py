@@ -127,7 +127,7 @@ def open_model(args: argparse.Namespace, plan: SessionPlan, report):
     report.ensure(spec, plan.cache_dir)
     return open_backend(spec, **model_options(args), progress=report.tty,
                         cache_dir=plan.cache_dir, api_key_env=args.api_key_env,
-                        server=args.server)
+                        server="off" if args.tensor_parallel > 1 else args.server)
 
 
 def open_session(plan: SessionPlan, backend, store, resume_id: str | None):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,9 @@ from runtime.memory_plan import (
 from runtime.memory_profile import profile_reserve, weights_bytes_on_disk
 from runtime.model_cache import resolve_model
 from runtime.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from runtime.distributed.rank import RankContext
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ class RuntimeOptions:
     warmup: bool | None = None  # capture the batch-1 decode graph at start (default: on CUDA)
     cache_dir: Path | None = None  # models and KV pages; None: the settings' (env, config file)
     constraints: bool = False  # build the grammar tokenizer while the weights load (sessions)
+    tensor_parallel: int = 1  # ranks (one process per GPU) the model is split over
+    context_parallel: int | None = None  # fresh prefills from this many tokens split across
+    # the ranks by tokens (None: runtime/distributed's CP_MIN_TOKENS; 0: never)
 
 
 @dataclass
@@ -113,40 +120,52 @@ class LocalModel:
 
     @classmethod
     def open(cls, spec: str | None, options: RuntimeOptions = RuntimeOptions(),
-             kv: KVPages | None = None) -> LocalModel:
+             kv: KVPages | None = None, rank: RankContext | None = None) -> LocalModel:
         """Resolve (pulling if needed), load, plan memory and wrap in an engine. Raises
-        runtime errors (OutOfMemory when the model or the asked context does not fit)."""
+        runtime errors (OutOfMemory when the model or the asked context does not fit).
+        `tensor_parallel > 1`: rank 0 of a group it starts (runtime/distributed/); `rank`:
+        how one rank of such a group opens its share."""
+        if options.tensor_parallel > 1 and rank is None:
+            from runtime.distributed.launch import open_parallel
+
+            return open_parallel(cls, spec, options, kv)
         start = time.perf_counter()
         budget = MemoryBudget(options.gpu_memory, options.host_memory, options.max_context)
         spec = spec or settings.default_model()
         path = resolve_model(spec, progress=options.progress, cache_dir=options.cache_dir)
-        device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = rank.device if rank else torch.device(
+            options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         native = (options.weights or default_weights(device)) == "native"
         dequantized = None if native else options.weights
         dtype = DTYPES[options.dtype or dequantized or _default_dtype(device, native)]
         settings.export_triton_cache_dir(options.cache_dir)
         tokenizer = _load_tokenizer(path)
-        if options.constraints:
+        if options.constraints and (rank is None or rank.group.rank == 0):
             prepare_constraints(tokenizer)  # beside the load: the first turn needs it
-        loaded = _load(path, dtype, device, native)
+        loaded = rank.load(path, dtype) if rank else _load(path, dtype, device, native)
         loaded.model.fuse_projections()
-        if device.type == "cpu":
+        if device.type == "cpu" and rank is None:  # the ranks gather their raw weights
             use_onednn(loaded.model)
         load_s = time.perf_counter() - start
         cfg = loaded.config
         kv_dtype = KV_DTYPES[options.kv_dtype] if options.kv_dtype else dtype
-        layout = kv_layout_for(cfg, kv_dtype, options.page_size or default_page_size(device))
-        fingerprint = model_fingerprint(loaded.weights_id, dtype, layout, _rope_string(cfg),
+        layout = kv_layout_for(rank.local_config(cfg) if rank else cfg, kv_dtype,
+                               options.page_size or default_page_size(device))
+        weights_key = rank.weights_key(loaded.weights_id) if rank else loaded.weights_id
+        fingerprint = model_fingerprint(weights_key, dtype, layout, _rope_string(cfg),
                                         KV_LAYOUT_VERSION)
         backend = create_backend(options.backend or default_backend_name(device))
         chunk = options.prefill_chunk or (512 if device.type == "cpu" else 8192)
         plan = _plan(loaded.model, cfg, layout, device, backend, chunk, budget, options)
+        if rank:
+            plan = rank.agree_plan(plan, exact_host=options.host_pages is not None)
         kv = kv or _kv_pages(plan, layout, fingerprint, device, options)
         stop_ids = frozenset(loaded.generation_eos_ids) | frozenset(tokenizer.eos_ids)
-        engine = Engine(loaded.model, kv, backend, max_context=plan.max_context,
-                        stop_ids=stop_ids, tokenizer=tokenizer, device=device,
-                        config=EngineConfig(prefill_chunk=chunk,
-                                            max_batch_tokens=max(chunk, 2048)))
+        engine_cls = rank.engine_factory() if rank else Engine
+        engine = engine_cls(loaded.model, kv, backend, max_context=plan.max_context,
+                            stop_ids=stop_ids, tokenizer=tokenizer, device=device,
+                            config=EngineConfig(prefill_chunk=chunk,
+                                                max_batch_tokens=max(chunk, 2048)))
         if options.warmup if options.warmup is not None else device.type == "cuda":
             engine.warm_up()
         template = _template(tokenizer)

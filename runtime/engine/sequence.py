@@ -58,7 +58,7 @@ class BlockTable:
         return other
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weak refs: runtime/distributed/mirror.py
 class Sequence:
     """One token log and its KV. Tokens past `num_computed` are pending (no KV yet).
 

@@ -26,13 +26,15 @@ from runtime.loader.hf import load_hf_folder
 
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-    native: bool = False,
+    native: bool = False, split=None,
 ) -> LoadedModel:
     """Load the model at `path` (a HF folder or a .gguf file) with weights in `dtype` on `device`.
 
     Weights stream tensor by tensor into a model built on the meta device, so there is never a
     second full copy in memory. `native`: a GGUF's 4-bit linears stay packed on the CPU
-    (loader/gguf.py); a folder ignores it. Raises ModelNotFound, UnsupportedModel or
+    (loader/gguf.py); a folder ignores it. `split`: for a folder, a function of the config
+    giving one tensor-parallel rank's TensorSplit (runtime/distributed/split.py), whose slice
+    of each tensor is all that is read. Raises ModelNotFound, UnsupportedModel or
     CorruptModelFile, each with a one-line message naming the fix.
     """
     path = Path(path).expanduser()
@@ -41,7 +43,7 @@ def load_model(
         return load_gguf(path, dtype, device, native)
     if path.is_dir():
         if (path / "config.json").is_file():
-            return load_hf_folder(path, dtype, device)
+            return load_hf_folder(path, dtype, device, split)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return load_gguf(ggufs[0], dtype, device, native)

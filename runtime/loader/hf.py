@@ -36,17 +36,22 @@ from runtime.loader.fp8_blocks import BlockScaledNames
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def load_hf_folder(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
-    """Build the model on meta, then stream each tensor from its file into place."""
+def load_hf_folder(path: Path, dtype: torch.dtype, device: torch.device,
+                   split: Callable[[ModelConfig], Any] | None = None) -> LoadedModel:
+    """Build the model on meta, then stream each tensor from its file into place. `split`:
+    a tensor-parallel rank's TensorSplit for the config; only its slices are read."""
     config_file = path / "config.json"
     raw = read_json(config_file)
     cfg = _model_config(raw, config_file)
     files = weight_files(path)
     model = build_on_meta(cfg)
+    shard = split(cfg) if split is not None else None
+    if shard is not None:
+        shard.narrow(model)
     expected = parameter_names(model)
     experts = ExpertTensors(model, cfg, dtype, device)
     opts = _FileOptions(cfg.tie_word_embeddings, _block_size(raw),
-                        v4_name if cfg.family == "deepseek_v4" else None)
+                        v4_name if cfg.family == "deepseek_v4" else None, shard)
     for file in files:
         _load_file(model, file, expected, opts, experts, dtype, device)
     experts.check_complete(path)
@@ -113,6 +118,7 @@ class _FileOptions:
     tied: bool
     block: tuple[int, int]
     rename: Callable[[str], str] | None
+    shard: Any = None  # a TensorSplit: read only its slice of the tensors it splits
 
 
 def _block_size(raw: dict[str, Any]) -> tuple[int, int]:
@@ -163,7 +169,8 @@ def _load_file(model, file: Path, expected: set[str], opts: _FileOptions,
         check_unexpected(names, expected, ignorable, file)
 
         def read(name: str) -> torch.Tensor:
-            return scaled.read(theirs[name], lambda n: _tensor(f, n, file), opts.block)
+            return scaled.read(theirs[name], lambda n: _tensor(f, n, file, opts.shard),
+                               opts.block)
 
         for name in names:
             if experts.take(name, lambda name=name: read(name)):
@@ -172,8 +179,10 @@ def _load_file(model, file: Path, expected: set[str], opts: _FileOptions,
                 assign_tensor(model, name, read(name), dtype, device)
 
 
-def _tensor(f, name: str, file: Path) -> torch.Tensor:
+def _tensor(f, name: str, file: Path, shard=None) -> torch.Tensor:
     try:
+        if shard is not None and shard.slice_of(name) is not None:
+            return shard.read(f, name)
         return f.get_tensor(name)
     except (SafetensorError, OSError) as e:
         raise CorruptModelFile(f"cannot read tensor {name} from {file}: {e}; re-download it") from e

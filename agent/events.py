@@ -217,9 +217,53 @@ class ApprovalGiven:
     rule: str | None = None
 
 
+@dataclass(frozen=True)
+class SubagentStarted:
+    """A `task` call started a sub-agent: a fork of this session's context at the call
+    (`shared_tokens` of it, served without computing them), or one resumed."""
+
+    call_id: str  # the parent's task call
+    agent_id: str  # the sub-agent's session id
+    description: str
+    prompt: str
+    tools: list[str]
+    max_steps: int
+    shared_tokens: int
+    fork_ms: float = 0.0  # forking the context (a page copy on the local runtime)
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class SubagentFinished:
+    """A sub-agent ended; `text` went back to the parent as the task's result. `usage` is
+    what the sub-agent itself added (computed or served from cache) and generated, on top of
+    the `shared_tokens` it started with."""
+
+    call_id: str
+    agent_id: str
+    status: str  # a TurnFinished status
+    text: str
+    steps: int
+    shared_tokens: int
+    usage: Usage
+    duration_ms: int = 0
+    time_to_first_token_ms: int | None = None
+
+
 Event = (SessionStarted | Progress | TurnStarted | TokenDelta | AssistantMessage
          | ToolCallStarted | ToolCallFinished | ApprovalRequested | ApprovalGiven | Note
-         | MessageAdded | SnapshotTaken | TurnFinished | KVStats | Error)
+         | MessageAdded | SnapshotTaken | TurnFinished | KVStats | Error | SubagentStarted
+         | SubagentFinished)
+
+
+@dataclass(frozen=True)
+class Nested:
+    """An event of a sub-agent, as its parent's stream carries it: in stream-json the inner
+    event's line with `parent_call_id` (the parent's task call) and `agent_id` added."""
+
+    parent_call_id: str
+    agent_id: str
+    event: Event
 
 # The `type` of each event in stream-json (docs/events.md) and its kind in the store.
 _TYPE_NAMES = {
@@ -228,7 +272,8 @@ _TYPE_NAMES = {
     TokenDelta: "message_delta", ToolCallStarted: "tool_started", ToolCallFinished: "tool_finished",
     ApprovalRequested: "approval_requested", ApprovalGiven: "approval_given", Note: "note",
     MessageAdded: "message_added", TurnFinished: "turn_finished", KVStats: "kv_stats",
-    Error: "error", SnapshotTaken: "snapshot",
+    Error: "error", SnapshotTaken: "snapshot", SubagentStarted: "subagent_started",
+    SubagentFinished: "subagent_finished",
 }
 _BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
 
@@ -236,7 +281,7 @@ _BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
 # page counts). The streamed text is in the assistant's MessageAdded.
 RECORDED: tuple[type, ...] = (TurnStarted, ToolCallStarted, ToolCallFinished, ApprovalRequested,
                               ApprovalGiven, Note, MessageAdded, SnapshotTaken, TurnFinished,
-                              Error)
+                              Error, SubagentStarted, SubagentFinished)
 RECORD_ONLY: tuple[type, ...] = (MessageAdded,)  # recorded, never put on the event queue
 
 
@@ -245,9 +290,17 @@ def event_name(event_type: type) -> str:
     return _TYPE_NAMES[event_type]
 
 
-def event_to_json(event: Event) -> dict[str, Any]:
-    """The stream-json form: `{"type": ..., **fields}`."""
+def event_to_json(event: Event | Nested) -> dict[str, Any]:
+    """The stream-json form: `{"type": ..., **fields}` (a nested event's with its parent)."""
+    if isinstance(event, Nested):
+        return {**event_to_json(event.event), "parent_call_id": event.parent_call_id,
+                "agent_id": event.agent_id}
     return {"type": _TYPE_NAMES[type(event)], **dataclasses.asdict(event)}
+
+
+def inner(event: Event | Nested) -> Event:
+    """The event itself, a sub-agent's taken out of its Nested wrapper."""
+    return event.event if isinstance(event, Nested) else event
 
 
 def event_from_json(kind: str, payload: dict[str, Any]) -> Event | None:
@@ -258,7 +311,7 @@ def event_from_json(kind: str, payload: dict[str, Any]) -> Event | None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in payload.items() if k in names}
-    if cls is TurnFinished:
+    if cls in (TurnFinished, SubagentFinished):
         values["usage"] = _usage(values.get("usage") or {})
     try:
         return cls(**values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -116,6 +117,12 @@ class Conversation(ABC):
         """Release what the context holds (its KV pages); the conversation is not used after."""
         return None
 
+    def fork(self) -> Conversation:
+        """A new conversation holding this whole context (on the local runtime its KV too:
+        full pages shared, the partial one copied); the two go on independently. Called
+        between steps: not while this one generates."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fork")
+
 
 class MessageConversation(Conversation):
     """A conversation that is only its message list (a remote server keeps the KV, or none).
@@ -144,6 +151,13 @@ class MessageConversation(Conversation):
 
     def state(self) -> dict[str, Any]:
         return {"messages": self.messages}
+
+    def fork(self) -> MessageConversation:
+        """A copy of the message list (a server's prefix cache serves what the two share)."""
+        child = copy.copy(self)
+        child.messages = list(self.messages)
+        child.last_reply, child.carried = None, None
+        return child
 
 
 class ModelBackend(ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +92,13 @@ class LocalConversation(Conversation):
         self.seq = model.engine.new_sequence()
         self.last_reply: Reply | None = None
         self._bridge = ""
+        # Another driver of the model's engine (sub-agents side by side share one thread's).
+        self.engine_override: Any = None
+
+    @property
+    def engine(self):
+        """The engine this conversation's calls go to."""
+        return self.engine_override or self.model.engine
 
     @property
     def context_tokens(self) -> int:
@@ -98,7 +106,7 @@ class LocalConversation(Conversation):
 
     @property
     def window(self) -> int:
-        return self.model.engine.max_context
+        return self.engine.max_context
 
     def encode(self, messages: list[dict[str, Any]], generation_prompt: bool = True
                ) -> tuple[list[int], str]:
@@ -120,9 +128,9 @@ class LocalConversation(Conversation):
         if before + len(ids) > limit:
             raise ContextFull(before, len(ids), limit, self.window)
         try:
-            result = self.model.engine.extend(self.seq, ids, _cancellable(progress, cancel))
+            result = self.engine.extend(self.seq, ids, _cancellable(progress, cancel))
         except AppendCancelled:
-            self.model.engine.truncate(self.seq, before)
+            self.engine.truncate(self.seq, before)
             raise
         self.messages += messages
         self._bridge = ""
@@ -135,7 +143,7 @@ class LocalConversation(Conversation):
                                   seed=params.seed, max_tokens=max(1, min(params.max_tokens, room)),
                                   constraint=self._constraint(params.tool_choice, params.tools))
         start, ids, finish = time.perf_counter(), [], "stop"
-        stream = self.model.engine.generate(self.seq, sampling)
+        stream = self.engine.generate(self.seq, sampling)
         for event in stream:
             ids.append(event.token_id)
             finish = event.finish_reason or finish
@@ -155,7 +163,7 @@ class LocalConversation(Conversation):
         spec = self._constraint_spec(tool_choice, narrowed)
         if spec is None:
             return None
-        end_ids = sorted(self.model.engine.stop_ids)
+        end_ids = sorted(self.engine.stop_ids)
         if spec["kind"] == "text_only":
             return text_only_constraint(self.model.tokenizer, end_ids)
         return tool_call_constraint(self.model.tokenizer, spec["schemas"],
@@ -181,7 +189,7 @@ class LocalConversation(Conversation):
 
     def _finish(self, ids: list[int], finish: str, seconds: float) -> None:
         tok = self.model.tokenizer
-        stop = self.model.engine.stop_ids
+        stop = self.engine.stop_ids
         content = tok.decode(ids[:-1] if ids and ids[-1] in stop else ids)
         self.messages.append({"role": "assistant", "content": content})
         self._bridge = self._bridge_after(tok.decode(ids))
@@ -196,14 +204,22 @@ class LocalConversation(Conversation):
         rendered = full[len(opened):] if full.startswith(opened) else ""
         if rendered.startswith(spelled):
             return rendered[len(spelled):]
-        ends = [self.model.tokenizer.decode([i]) for i in self.model.engine.stop_ids]
+        ends = [self.model.tokenizer.decode([i]) for i in self.engine.stop_ids]
         at, end = max(((rendered.rfind(e), e) for e in ends if e), default=(-1, ""))
         if at < 0:  # the template writes no end token: nothing is owed
             return ""
         return rendered[at + len(end):] if spelled.endswith(end) else rendered[at:]
 
     def close(self) -> None:
-        self.model.engine.release(self.seq)
+        self.engine.release(self.seq)
+
+    def fork(self) -> LocalConversation:
+        """The engine forks the sequence: full pages shared, the partial one copied."""
+        child = copy.copy(self)
+        child.seq = self.engine.fork(self.seq)
+        child.messages = list(self.messages)
+        child.last_reply, child.carried = None, None
+        return child
 
     def mark(self) -> dict[str, Any]:
         return {"messages": len(self.messages), "tokens": len(self.seq.tokens),
@@ -212,7 +228,7 @@ class LocalConversation(Conversation):
     def truncate(self, mark: dict[str, Any]) -> None:
         """Back to `mark` (from `mark()`, or a rewind's: messages, tokens, reply_ids)."""
         del self.messages[mark["messages"]:]
-        self.model.engine.truncate(self.seq, mark["tokens"])
+        self.engine.truncate(self.seq, mark["tokens"])
         self._settle_bridge(mark)
 
     def state(self) -> dict[str, Any]:
@@ -226,7 +242,7 @@ class LocalConversation(Conversation):
         self.messages = list(state["messages"])
         # Nothing is computed here: what the cache lacks is computed with the next message, in
         # the chunks the first process used (in bf16 the output depends on them).
-        result = self.model.engine.restore(self.seq, list(state["tokens"]))
+        result = self.engine.restore(self.seq, list(state["tokens"]))
         self._settle_bridge(state)
         return AppendResult(len(state["tokens"]), result.cached_tokens, result.cached_by_tier,
                             result.computed_tokens, result.seconds)

@@ -176,6 +176,13 @@ class RemoteEngine:
             seq.tokens.append(e["token_id"])
             yield StreamEvent(e["token_id"], e["text"], e["finish_reason"])
 
+    def fork(self, seq: RemoteSequence) -> RemoteSequence:
+        """A new server session restored from this one's tokens: the server's prefix cache
+        serves the full pages (shared); the partial page is computed with the next append."""
+        child = RemoteSequence()
+        self.restore(child, list(seq.tokens))
+        return child
+
     def save_tail(self, seq: RemoteSequence) -> None:
         """The server saves the partial page when the session is released."""
 

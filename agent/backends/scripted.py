@@ -29,6 +29,7 @@ class ScriptedBackend(ModelBackend):
         self.context_window = context_window
         self.fingerprint = "scripted"
         self.calls = 0
+        self._lock = threading.Lock()  # sub-agents may ask for replies side by side
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)
@@ -43,10 +44,11 @@ class ScriptedBackend(ModelBackend):
         return conv
 
     def next_reply(self, messages: list[dict[str, Any]]) -> str:
-        if self.calls >= len(self.script):
-            raise RuntimeError("the script has no more replies")
-        step = self.script[self.calls]
-        self.calls += 1
+        with self._lock:
+            if self.calls >= len(self.script):
+                raise RuntimeError("the script has no more replies")
+            step = self.script[self.calls]
+            self.calls += 1
         return step(messages) if callable(step) else step
 
 

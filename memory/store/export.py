@@ -1,7 +1,7 @@
 """A session as plain JSON-able data, for `agent sessions export` / `import` and for tests.
 
 The export holds the session, all its events (superseded ones flagged), its token log as one
-array per segment and its checkpoints. `dumps_export` writes it indented but each segment on
+array per segment, its checkpoints and its sub-agents (each an export of its own). `dumps_export` writes it indented but each segment on
 one line, so a 2K-token session is a few kilobytes, not one id per line. `import_session`
 writes an export into another store as a new session that `--resume` continues: the token log
 and the events are the same, so the KV comes back from the disk tier where its pages are, and is
@@ -42,6 +42,7 @@ def export_session(store: SessionStore, session_id: str) -> dict[str, Any]:
         "events": [_plain(e) for e in store.events(info.id, include_superseded=True)],
         "segments": [_plain(s) for s in store.segments(info.id)],
         "checkpoints": [_plain(c) for c in store.checkpoints(info.id)],
+        "subagents": [export_session(store, child.id) for child in store.subagents(info.id)],
     }
 
 
@@ -59,17 +60,23 @@ def dumps_export(data: dict[str, Any]) -> str:
 
 
 def import_session(store: SessionStore, data: dict[str, Any],
-                   repo_root: str | Path | None = None) -> SessionInfo:
+                   repo_root: str | Path | None = None, parent_id: str | None = None
+                   ) -> SessionInfo:
     """Write an export into `store` as a new session (on `repo_root`, default the exported
-    one); its id is new. Raises BadExport when `data` is not an export."""
+    one), its sub-agents as its children; ids are new. Raises BadExport when `data` is not an
+    export."""
     session = _checked(data)
+    link = {"parent_id": parent_id, "fork_turn": session.get("fork_turn"),
+            "parent_call_id": session.get("parent_call_id")} if parent_id else {}
     info = store.create_session(repo_root or session["repo_root"], session["model"],
-                                session["model_fingerprint"], session.get("title"))
+                                session["model_fingerprint"], session.get("title"), **link)
     try:
         for _, write in sorted(_writes(store, info.id, data), key=lambda w: w[0]):
             write()
+        for child in data.get("subagents") or []:
+            import_session(store, child, repo_root, parent_id=info.id)
         store.set_status(info.id, "finished")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, BadExport) as e:
         store.delete(info.id)
         raise BadExport(f"the export is damaged ({type(e).__name__}: {e}); nothing imported") \
             from e

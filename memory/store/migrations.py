@@ -109,11 +109,22 @@ def m004_session_locks(conn: Connection) -> None:
     )
 
 
+def m005_subagent_links(conn: Connection) -> None:
+    """Sub-agents: the parent's turn a session was forked at and the parent's tool call that
+    started it (NULL for sessions that are not sub-agents)."""
+    _run(
+        conn,
+        "ALTER TABLE sessions ADD COLUMN fork_turn INTEGER",
+        "ALTER TABLE sessions ADD COLUMN parent_call_id VARCHAR",
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_checkpoints,
     m003_lookup_indexes,
     m004_session_locks,
+    m005_subagent_links,
 ]
 
 

@@ -30,6 +30,18 @@ class NullStore:
                            status="active", parent_id=parent_id, turn_count=0, n_tokens=0,
                            created_at=now, updated_at=now)
 
+    def fork(self, session_id: str, at_turn: int | None = None, call_id: str | None = None,
+             title: str | None = None) -> SessionInfo:
+        now = utc_now()
+        return SessionInfo(id=f"unsaved-{secrets.token_hex(4)}", repo_root="", model="",
+                           model_fingerprint="", title=title, status="active",
+                           parent_id=session_id, turn_count=at_turn or 0, n_tokens=0,
+                           created_at=now, updated_at=now, fork_turn=at_turn,
+                           parent_call_id=call_id)
+
+    def subagents(self, session_id: str) -> list[SessionInfo]:
+        return []
+
     def get(self, session_id: str) -> SessionInfo:
         raise SessionNotFound(f"no session {session_id!r}: this agent keeps no sessions")
 

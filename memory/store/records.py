@@ -22,7 +22,8 @@ INT32_MAX = 2**31 - 1
 @dataclass(frozen=True)
 class SessionInfo:
     """A session and its summary: `turn_count` is the highest turn recorded, `n_tokens` the
-    length of its token log, `updated_at` its last activity."""
+    length of its token log, `updated_at` its last activity. A fork has `parent_id` and
+    `fork_turn`; a sub-agent also `parent_call_id`, the parent's tool call that started it."""
 
     id: str
     repo_root: str
@@ -35,6 +36,12 @@ class SessionInfo:
     n_tokens: int
     created_at: datetime
     updated_at: datetime
+    fork_turn: int | None = None
+    parent_call_id: str | None = None
+
+    @property
+    def is_subagent(self) -> bool:
+        return self.parent_call_id is not None
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,10 @@ class SessionRow(Base):
     turn_count: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A fork: the parent's turn its log was copied through. A sub-agent: also the parent's
+    # tool call that started it (NULL for every other session).
+    fork_turn: Mapped[int | None]
+    parent_call_id: Mapped[str | None] = mapped_column(String)
 
     __table_args__ = (
         Index("ix_sessions_updated_at", "updated_at"),

@@ -137,9 +137,11 @@ class SessionStore:
         model_fingerprint: str,
         title: str | None = None,
         parent_id: str | None = None,
+        fork_turn: int | None = None,
+        parent_call_id: str | None = None,
     ) -> SessionInfo:
         """Start an active session on `repo_root` (stored resolved) at turn 0, its lock held by
-        this process."""
+        this process (linked as a fork or sub-agent of `parent_id` when given)."""
         with self._write() as conn:
             if parent_id is not None:
                 q.turn_count(conn, parent_id)
@@ -151,6 +153,8 @@ class SessionStore:
                 title=title,
                 parent_id=parent_id,
                 turn_count=0,
+                fork_turn=fork_turn,
+                parent_call_id=parent_call_id,
             )
             locks.acquire(conn, session_id, locks.Holder.me())
         return self.get(session_id)
@@ -167,10 +171,16 @@ class SessionStore:
         return found[0] if found else None
 
     def list_sessions(
-        self, repo_root: str | os.PathLike[str] | None = None, limit: int = 50
+        self,
+        repo_root: str | os.PathLike[str] | None = None,
+        limit: int = 50,
+        include_subagents: bool = False,
     ) -> list[SessionInfo]:
-        """Sessions by last activity, newest first, with their summaries."""
+        """Sessions by last activity, newest first, with their summaries; sub-agents (listed
+        under their parent by `subagents`) only with `include_subagents`."""
         query = q.info_query().order_by(sessions.c.updated_at.desc(), sessions.c.id.desc())
+        if not include_subagents:
+            query = query.where(sessions.c.parent_call_id.is_(None))
         if repo_root is not None:
             query = query.where(sessions.c.repo_root == records.normalize_repo_root(repo_root))
         with self._read() as conn:
@@ -328,8 +338,17 @@ class SessionStore:
                 conn.execute(delete(table).where(*where))
             return q.n_tokens(conn, session_id)
 
-    def fork(self, session_id: str, at_turn: int | None = None) -> SessionInfo:
-        """A new session (child of this one) holding this one's live log up to `at_turn`."""
+    def fork(
+        self,
+        session_id: str,
+        at_turn: int | None = None,
+        call_id: str | None = None,
+        title: str | None = None,
+    ) -> SessionInfo:
+        """A new session (child of this one) holding this one's live log up to `at_turn`
+        (a turn still running: what it has recorded so far). With `call_id` the child is a
+        sub-agent, started by that tool call of this session; `title` names it (default: the
+        parent's title)."""
         with self._write() as conn:
             parent = conn.execute(select(sessions).where(q.is_session(session_id))).first()
             if parent is None:
@@ -345,14 +364,28 @@ class SessionStore:
                 repo_root=parent.repo_root,
                 model=parent.model,
                 model_fingerprint=parent.model_fingerprint,
-                title=parent.title,
+                title=parent.title if title is None else title,
                 parent_id=session_id,
                 turn_count=turn,
+                fork_turn=turn,
+                parent_call_id=call_id,
             )
             q.copy_log(conn, session_id, child_id, turn)
             payload = records.dump_payload({"parent_id": session_id, "at_turn": turn})
             q.insert_event(conn, child_id, turn, FORK, payload)
         return self.get(child_id)
+
+    def subagents(self, session_id: str) -> list[SessionInfo]:
+        """The sub-agents this session started, oldest first."""
+        query = (
+            q.info_query()
+            .where(sessions.c.parent_id == session_id, sessions.c.parent_call_id.is_not(None))
+            .order_by(sessions.c.created_at, sessions.c.id)
+        )
+        with self._read() as conn:
+            q.turn_count(conn, session_id)
+            rows = conn.execute(query).all()
+            return [_with_crash(conn, records.session_info(row)) for row in rows]
 
     def add_checkpoint(
         self, session_id: str, turn: int, commit: str, ref: str | None = None

@@ -1,0 +1,87 @@
+"""Running several sub-agents of one step side by side, at most `MAX_SIDE_BY_SIDE` at once.
+
+How depends on where the model runs:
+- the local engine on a GPU: each sub-agent's loop on a thread, every engine call through an
+  `EngineHub` that the launching thread drives, so their decodes share each `Engine.step()`;
+- the local engine on the CPU: one after another on the launching thread. Batching does not
+  pay there: a CPU forward of SmolLM2-135M costs about as much per row as one row alone
+  (bench/subagent_start.py --cpu-batch measures it), and side by side the replies would only
+  arrive later, together;
+- a remote model (an OpenAI-compatible server, a script): each loop on a thread; the server
+  batches them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from agent.backends.base import Conversation
+from agent.backends.local import LocalConversation
+from agent.subagent_engine import EngineHub
+
+# Sub-agents of one step running at once (more wait for a place). Four keeps a 128K-context
+# H200 session's decode batch small enough that each sub-agent decodes within ~10% of a lone
+# one, and bounds the forks' partial pages and their own growth on the device pool.
+MAX_SIDE_BY_SIDE = 4
+
+T = TypeVar("T")
+
+
+def side_by_side(parent: Conversation, limit: int = MAX_SIDE_BY_SIDE) -> int:
+    """How many sub-agents of `parent`'s conversation may run at once (1: one after another)."""
+    if isinstance(parent, LocalConversation):
+        device = getattr(parent.model.engine, "device", None)
+        if device is not None and device.type == "cpu":
+            return 1
+    return max(1, limit)
+
+
+def run_all(parent: Conversation, children: Sequence[Conversation],
+            jobs: Sequence[Callable[[], T]], limit: int | None = None) -> list[T]:
+    """Run `jobs[i]` (the loop of `children[i]`) and return their results in order."""
+    assert len(children) == len(jobs), "one job per child conversation"
+    limit = side_by_side(parent) if limit is None else limit
+    if limit == 1 or len(jobs) == 1:
+        return [job() for job in jobs]
+    engine = parent.model.engine if isinstance(parent, LocalConversation) else None
+    hub = EngineHub(engine) if engine is not None and hasattr(engine, "step") else None
+    return _threads(children, jobs, limit, hub)
+
+
+def _threads(children: Sequence[Conversation], jobs: Sequence[Callable[[], T]], limit: int,
+             hub: EngineHub | None) -> list[T]:
+    results: list[T | BaseException | None] = [None] * len(jobs)
+    places = threading.Semaphore(limit)
+
+    def work(i: int) -> None:
+        with places:
+            try:
+                results[i] = jobs[i]()
+            except BaseException as e:  # noqa: BLE001 - re-raised on the launching thread
+                results[i] = e
+            finally:
+                if hub is not None:
+                    hub.wake()
+
+    if hub is not None:
+        for child in children:
+            child.engine_override = hub
+    threads = [threading.Thread(target=work, args=(i,), name=f"subagent-{i}", daemon=True)
+               for i in range(len(jobs))]
+    try:
+        for t in threads:
+            t.start()
+        if hub is not None:
+            hub.drive(lambda: not any(t.is_alive() for t in threads))
+        for t in threads:
+            t.join()
+    finally:
+        if hub is not None:
+            for child in children:
+                child.engine_override = None
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]

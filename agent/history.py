@@ -7,6 +7,7 @@ shows of earlier turns is the same recorded events, with the assistant's replies
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from agent.events import (
     Error,
@@ -64,3 +65,17 @@ def replay(events: Iterable[tuple[int, Event]]) -> Iterator[Event]:
                 yield TokenDelta(text)
         elif isinstance(e, _SHOWN):
             yield e
+
+
+def conversation_state(store, session_id: str) -> dict[str, Any]:
+    """What a conversation is rebuilt from: the token log, the messages of the recorded
+    events, and the ids of the last reply (the template text still owed after it);
+    `has_system` says whether the log starts with its system message."""
+    segments = store.segments(session_id)
+    last = segments[-1] if segments else None
+    msgs = messages(recorded(store.events(session_id)))
+    return {"messages": msgs,
+            "tokens": [i for seg in segments for i in seg.ids],
+            "reply_ids": list(last.ids) if last and last.kind == "assistant" else None,
+            "has_system": bool(segments) and segments[0].kind == "system" and
+            bool(msgs) and msgs[0]["role"] == "system"}

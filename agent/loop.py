@@ -29,7 +29,7 @@ from agent.events import (
 )
 from agent.tool_calls import ToolCall, parse_tool_calls
 from agent.tool_policy import Choice, ToolPolicy
-from agent.tools.base import Tool, ToolContext, ToolResult, run_tool
+from agent.tools.base import Tool, ToolContext, ToolResult, run_tool, run_tool_calls
 
 PROGRESS_MIN_TOKENS = 2048
 
@@ -45,6 +45,17 @@ class NullRecorder:
 
     def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
         return None
+
+
+class StoreRecorder(Recorder):
+    """Writes the loop's token segments into the session store."""
+
+    def __init__(self, store, session_id: str):
+        self.store = store
+        self.session_id = session_id
+
+    def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
+        self.store.append_tokens(self.session_id, turn, kind, ids, text)
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class AgentLoop:
         self.policy = ToolPolicy(config.tool_choice or default_tool_choice,
                                  [t.schema() for t in tools], ctx.workspace.root)
         self._call_ids = 0
+        self.call_prefix = ""
         self._last_calls: str | None = None
         self._repeating = False
 
@@ -240,16 +252,58 @@ class AgentLoop:
             return [], text
         parsed = parse_tool_calls(reply.text, first_id=self._call_ids + 1)
         self._call_ids += len(parsed.calls)
+        if self.call_prefix:  # a sub-agent's ids stay apart from its parent's and siblings'
+            parsed = dataclasses.replace(parsed, calls=[
+                dataclasses.replace(c, call_id=self.call_prefix + c.call_id)
+                for c in parsed.calls])
         self.emit(AssistantMessage(turn, step, parsed.text, [_call_json(c) for c in parsed.calls],
                                    reply.finish_reason))
         self._repeating = bool(parsed.calls) and _signature(parsed.calls) == self._last_calls
         self._last_calls = _signature(parsed.calls)
-        return [self._dispatch(call) for call in parsed.calls], parsed.text
+        return self._dispatch_all(parsed.calls), parsed.text
+
+    def _dispatch_all(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        """The reply's calls in order; a run of calls of a tool that `batches` (task) runs
+        together. Returns the tool messages, one per call, in the calls' order."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(calls):
+            tool = self.tools.get(calls[i].name)
+            j = i + 1
+            while (tool is not None and tool.batches and j < len(calls)
+                   and calls[j].name == tool.name):
+                j += 1
+            if tool is not None and tool.batches:
+                out += self._dispatch_together(tool, calls[i:j])
+            else:
+                out.append(self._dispatch(calls[i]))
+            i = j
+        return out
 
     def _dispatch(self, call: ToolCall) -> dict[str, Any]:
         """Run one call (or refuse it) and return the tool message for the model."""
         self.emit(ToolCallStarted(call.call_id, call.name, _jsonable(call.arguments)))
-        result = self._result_for(call)
+        return self._finished(call, self._result_for(call))
+
+    def _dispatch_together(self, tool: Tool, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        """Calls of one batching tool: each started and checked, the allowed ones run in one
+        `run_calls`, each finished in order."""
+        for call in calls:
+            self.emit(ToolCallStarted(call.call_id, call.name, _jsonable(call.arguments)))
+        results: dict[int, ToolResult] = {}
+        allowed = []
+        for k, call in enumerate(calls):
+            refusal = call.error or self._permission(tool, call)
+            if refusal:
+                results[k] = ToolResult.fail(refusal)
+            else:
+                allowed.append(k)
+        ran = run_tool_calls(tool, [(calls[k].call_id, calls[k].arguments) for k in allowed],
+                             self.ctx)
+        results.update(zip(allowed, ran, strict=True))
+        return [self._finished(call, results[k]) for k, call in enumerate(calls)]
+
+    def _finished(self, call: ToolCall, result: ToolResult) -> dict[str, Any]:
         self.policy.observe(call, result.ok, result.content)
         metadata = _jsonable(result.metadata)
         if result.full_output:

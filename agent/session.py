@@ -36,14 +36,15 @@ from agent.events import (
 )
 from agent.external_changes import ExternalChanges
 from agent.handle import QueuedHandle
-from agent.history import finished_turns, recorded, replay
-from agent.history import messages as conversation_messages
-from agent.loop import AgentLoop, LoopConfig, Recorder
+from agent.history import conversation_state, finished_turns, recorded, replay
+from agent.loop import AgentLoop, LoopConfig, StoreRecorder
 from agent.permissions import Permissions
 from agent.repo_snapshot import take_snapshot
+from agent.subagents import SubagentHost
 from agent.tools import default_tools
 from agent.tools.base import ToolContext
 from agent.tools.processes import ProcessLimits
+from agent.tools.task import TaskTool
 from agent.workspace import Workspace
 from memory.store import NullStore, StoreError
 
@@ -64,6 +65,8 @@ class SessionOptions:
     replay_history: bool = False  # a resumed session first re-emits its earlier turns (TUI)
     pass_env: list[str] = field(default_factory=list)  # names commands get besides the allowlist
     process_limits: ProcessLimits | None = None  # rlimits of commands (None: the defaults)
+    subagents: bool = True  # the task tool (sub-agents forked from the session's context)
+    subagent_limit: int | None = None  # at once; None: by device (agent/subagent_pool.py)
 
 
 def snapshot_budget(window: int, reply_room: int, fixed: int, fraction: float = 0.5) -> int:
@@ -87,17 +90,6 @@ class _Rewind:
     error: Exception | None = None
 
 
-class StoreRecorder(Recorder):
-    """Writes the loop's token segments into the session store."""
-
-    def __init__(self, store, session_id: str):
-        self.store = store
-        self.session_id = session_id
-
-    def tokens(self, turn: int, kind: str, ids: list[int], text: str) -> None:
-        self.store.append_tokens(self.session_id, turn, kind, ids, text)
-
-
 class AgentSession(QueuedHandle):
     """Runs the loop on a worker thread; `submit` and `next_event` never block on the model.
 
@@ -114,6 +106,12 @@ class AgentSession(QueuedHandle):
         self.workspace = Workspace(repo_root)
         self.tools = default_tools(limits=self.options.process_limits,
                                    pass_env=tuple(self.options.pass_env))
+        self.subagents = SubagentHost(self.options.subagent_limit)
+        self.subagents.bind(self)
+        if self.options.subagents:
+            self.tools.append(TaskTool(self.subagents))
+        self.approval_lock = threading.Lock()  # sub-agents side by side ask one at a time
+        self._subagent_note: str | None = None
         self.ctx = ToolContext(self.workspace)
         self.permissions = Permissions(self.options.permission_mode, allow=self.options.allow,
                                        deny=self.options.deny, tools=self.tools,
@@ -315,6 +313,7 @@ class AgentSession(QueuedHandle):
                                   "(killed or crashed); resuming from what was recorded"))
         self.store.set_status(info.id, "active")
         self.turn = self._drop_unfinished_turn(info.turn_count)
+        self._subagent_note = self.subagents.note_on_resume(self.turn)
         state = self._state_from_store()
         if not state.pop("has_system"):
             self.store.truncate_to_turn(info.id, 0)
@@ -340,16 +339,7 @@ class AgentSession(QueuedHandle):
         return recorded(self.store.events(self.session_id))
 
     def _state_from_store(self) -> dict[str, Any]:
-        """What a conversation is rebuilt from: the token log, the messages of the recorded
-        events, and the ids of the last reply (the template text still owed after it)."""
-        segments = self.store.segments(self.session_id)
-        last = segments[-1] if segments else None
-        messages = conversation_messages(self._recorded())
-        return {"messages": messages,
-                "tokens": [i for seg in segments for i in seg.ids],
-                "reply_ids": list(last.ids) if last and last.kind == "assistant" else None,
-                "has_system": bool(segments) and segments[0].kind == "system" and
-                bool(messages) and messages[0]["role"] == "system"}
+        return conversation_state(self.store, self.session_id)
 
     def _report_kv(self) -> None:
         pages = self.backend.kv_pages()
@@ -358,11 +348,13 @@ class AgentSession(QueuedHandle):
                                      pages["page_size"]))
 
     def _outside_changes(self) -> list[dict]:
-        note = self.watcher.note()
-        if not note:
-            return []
-        self._emit(Note(note))
-        return [{"role": "user", "content": note}]
+        """Notes for the next turn: files changed outside the agent, and (once, after a
+        crash) what the sub-agents of the turn cut short did."""
+        notes = [n for n in (self.watcher.note(), self._subagent_note) if n]
+        self._subagent_note = None
+        for note in notes:
+            self._emit(Note(note))
+        return [{"role": "user", "content": note} for note in notes]
 
     def _drop_unfinished_turn(self, turn_count: int) -> int:
         """A turn cut short (kill -9, power loss) is rewound: the log resumes where it is whole.
@@ -386,9 +378,11 @@ class AgentSession(QueuedHandle):
         except Exception as e:  # a repository without git still gets an agent
             log.info("no checkpoint for turn %d: %s", self.turn, e)
 
-    def _approve(self, request: ApprovalRequested) -> ApprovalDecision:
-        """Ask the front end and wait; other input is queued, an interrupt denies."""
-        self._events.put(request)
+    def _approve(self, request: ApprovalRequested, shown: Event | None = None
+                 ) -> ApprovalDecision:
+        """Ask the front end and wait; other input is queued, an interrupt denies. `shown`
+        is what the front end sees of the request (a sub-agent's, nested)."""
+        self._events.put(shown or request)
         while True:
             op = self._ops.get()
             if isinstance(op, ApprovalDecision) and op.call_id == request.call_id:

@@ -122,6 +122,14 @@ class FileStateTracker:
         with self._lock:
             self._seen.pop(path, None)
 
+    def copy(self) -> FileStateTracker:
+        """A tracker that knows what this one knows now (a sub-agent's, forked with the
+        context); the two then learn apart."""
+        twin = FileStateTracker()
+        with self._lock:
+            twin._seen = dict(self._seen)
+        return twin
+
 
 class ReadPolicy(Protocol):
     """Which files a tool may show the contents of on its own (the session's Permissions)."""
@@ -165,10 +173,17 @@ class Tool(ABC):
     Args: ClassVar[type[BaseModel]]
     kind: ClassVar[ToolKind]
     main_arg: ClassVar[str | None] = None
+    # Calls of this tool in one reply go to `run_calls` together (task: side by side).
+    batches: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, args: Any, ctx: ToolContext) -> ToolResult:
         """Do the call; `args` is an instance of `self.Args`."""
+
+    def run_calls(self, calls: list[tuple[str, Any]], ctx: ToolContext) -> list[ToolResult]:
+        """Several calls of one reply, as (call id, validated `Args`), in order; the results
+        in the same order. Tools with `batches` run them together; by default one by one."""
+        return [self.run(args, ctx) for _, args in calls]
 
     def kind_for(self, args: Mapping[str, Any]) -> ToolKind:
         """The kind of this particular call (git status reads, git commit executes)."""
@@ -201,14 +216,39 @@ def run_tool(tool: Tool, raw_args: Mapping[str, Any] | str | None, ctx: ToolCont
     try:
         args = tool.Args.model_validate(_as_mapping(raw_args, tool.name))
         return tool.run(args, ctx)
-    except ValidationError as e:
+    except Exception as e:
+        return _failure(tool, e)
+
+
+def run_tool_calls(tool: Tool, calls: list[tuple[str, Mapping[str, Any] | str | None]],
+                   ctx: ToolContext) -> list[ToolResult]:
+    """`run_tool` for several calls of one reply, (call id, raw arguments) each: the valid
+    ones go to `tool.run_calls` together; each failure is that call's ToolResult."""
+    results: list[ToolResult | None] = [None] * len(calls)
+    valid: list[tuple[int, str, Any]] = []
+    for i, (call_id, raw) in enumerate(calls):
+        try:
+            valid.append((i, call_id, tool.Args.model_validate(_as_mapping(raw, tool.name))))
+        except Exception as e:
+            results[i] = _failure(tool, e)
+    try:
+        ran = tool.run_calls([(call_id, args) for _, call_id, args in valid], ctx)
+    except Exception as e:
+        ran = [_failure(tool, e)] * len(valid)
+    for (i, _, _), result in zip(valid, ran, strict=True):
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _failure(tool: Tool, e: Exception) -> ToolResult:
+    """The ToolResult a failed call gets (a bug's trace is logged for us)."""
+    if isinstance(e, ValidationError):
         return ToolResult.fail(f"{tool.name}: bad arguments: {_validation_summary(e)}")
-    except (ToolError, WorkspaceError) as e:
+    if isinstance(e, (ToolError, WorkspaceError)):
         return ToolResult.fail(str(e))
-    except Exception as e:  # a tool bug must not end the turn; keep the trace for us
-        log.warning("tool %s failed", tool.name, exc_info=True)
-        first = (str(e).strip().splitlines() or [""])[0]
-        return ToolResult.fail(f"{tool.name} failed: {type(e).__name__}: {first}")
+    log.warning("tool %s failed", tool.name, exc_info=e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return ToolResult.fail(f"{tool.name} failed: {type(e).__name__}: {first}")
 
 
 def clip_text(text: str, where: str | Path, limit: int = MAX_TOOL_OUTPUT_CHARS) -> str:

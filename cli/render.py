@@ -16,11 +16,13 @@ from agent.events import (
     ApprovalRequested,
     Error,
     Event,
+    Nested,
     Note,
     Progress,
     SessionStarted,
     Shutdown,
     SnapshotTaken,
+    SubagentFinished,
     TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -100,7 +102,10 @@ class HeadlessRenderer:
         self._handle(event)
         return False
 
-    def _handle(self, event: Event) -> None:
+    def _handle(self, event: Event | Nested) -> None:
+        if isinstance(event, Nested):  # a sub-agent's: its approvals are denied too
+            self._nested(event)
+            return
         self._track(event)
         line = {**event_to_json(event), "session_id": self.session_id}
         if not isinstance(event, _NOT_IN_TRANSCRIPT):
@@ -126,6 +131,20 @@ class HeadlessRenderer:
             self.err(f"denied {event.name}({_brief(event.args)}): needs approval; rerun with "
                      f"--permission-mode auto or --allow '{event.suggested_rule or event.name}'")
 
+    def _nested(self, nested: Nested) -> None:
+        event = nested.event
+        if isinstance(event, ApprovalRequested):
+            self._track(event)
+        line = {**event_to_json(nested), "session_id": self.session_id}
+        if not isinstance(event, _NOT_IN_TRANSCRIPT):
+            self.transcript.append(line)
+        if self.fmt == "stream-json":
+            self.out_json(line)
+        elif self.fmt == "text" and isinstance(event, ToolCallStarted):
+            self.err(f"  > {event.name}({_brief(event.args)})")
+        elif self.fmt == "text" and isinstance(event, ToolCallFinished) and not event.ok:
+            self.err(f"    failed: {event.content.splitlines()[0] if event.content else ''}")
+
     def _text(self, event: Event) -> None:
         if isinstance(event, TokenDelta):
             self.out(event.text, end="")
@@ -142,6 +161,11 @@ class HeadlessRenderer:
             self.err(f"snapshot: {event.summary}" + (f": {names}" if names else ""))
         elif isinstance(event, TurnFinished) and self.tasks:
             self.out()  # the next task's answer starts on a line of its own
+        elif isinstance(event, SubagentFinished):
+            u = event.usage
+            self.err(f"  [sub-agent {event.agent_id}: {event.status}, {event.steps} steps, "
+                     f"{event.shared_tokens} tokens shared, {u.computed_tokens} computed, "
+                     f"{u.output_tokens} generated]")
 
     def result(self) -> dict[str, Any]:
         """The `result` line: how the run ended, its answer, and usage over all its turns."""

@@ -47,9 +47,12 @@ def open_store(args: argparse.Namespace):
 
 
 def _summary(s) -> dict:
-    return {"id": s.id, "title": s.title, "repo": s.repo_root, "model": s.model,
-            "turns": s.turn_count, "tokens": s.n_tokens, "status": s.status,
-            "updated_at": s.updated_at.isoformat()}
+    out = {"id": s.id, "title": s.title, "repo": s.repo_root, "model": s.model,
+           "turns": s.turn_count, "tokens": s.n_tokens, "status": s.status,
+           "updated_at": s.updated_at.isoformat()}
+    if s.is_subagent:
+        out.update(parent_id=s.parent_id, fork_turn=s.fork_turn, parent_call_id=s.parent_call_id)
+    return out
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -71,23 +74,51 @@ def run_show(args: argparse.Namespace) -> int:
     store = open_store(args)
     info = store.get(args.id)
     events = store.events(info.id)
+    children = {c.id: c for c in store.subagents(info.id)}
     if args.json:
-        out_json({"session": _summary(info),
-                  "events": [{"turn": e.turn, "kind": e.kind, "payload": e.payload}
-                             for e in events]})
+        out_json({"session": _summary(info), "events": [_event(e) for e in events],
+                  "subagents": [{"session": _summary(c), "events": [
+                      _event(e) for e in _own_events(store, c)]} for c in children.values()]})
         return EXIT_OK
     out(f"session {info.id}  {info.repo_root}  model {info.model}")
     for e in events:
-        p = e.payload
-        if e.kind == "message_added" and p.get("role") not in ("system", "tool"):
-            out(f"\n[{e.turn}] {p['role']}: {p.get('content', '')}")
-        elif e.kind == "tool_finished":
-            out(f"[{e.turn}] tool {p.get('name')}: {'ok' if p.get('ok') else 'failed'}")
-        elif e.kind == "turn_finished" and p.get("status") != "done":
-            out(f"[{e.turn}] turn ended: {p.get('status')}")
-        elif e.kind == "note":
-            out(f"[{e.turn}] note: {p.get('text', '').splitlines()[0] if p.get('text') else ''}")
+        _show_event(e)
+        child = children.get(e.payload.get("agent_id")) if e.kind == "subagent_finished" \
+            else None
+        if child is not None:
+            _show_subagent(store, child, e.payload)
     return EXIT_OK
+
+
+def _event(e) -> dict:
+    return {"turn": e.turn, "kind": e.kind, "payload": e.payload}
+
+
+def _own_events(store, child) -> list:
+    """A sub-agent's events after its fork (those before are its parent's, copied)."""
+    return [e for e in store.events(child.id) if e.turn > (child.fork_turn or 0)]
+
+
+def _show_subagent(store, child, finished: dict) -> None:
+    usage = finished.get("usage") or {}
+    out(f"  sub-agent {child.id} ({child.title or ''}), from {child.parent_call_id} at turn "
+        f"{child.fork_turn}: {child.status}; {finished.get('shared_tokens', 0)} tokens shared, "
+        f"{usage.get('computed_tokens', 0)} computed, {usage.get('output_tokens', 0)} generated")
+    for e in _own_events(store, child):
+        _show_event(e, indent="    ")
+
+
+def _show_event(e, indent: str = "") -> None:
+    p = e.payload
+    if e.kind == "message_added" and p.get("role") not in ("system", "tool"):
+        out(f"\n{indent}[{e.turn}] {p['role']}: {p.get('content', '')}")
+    elif e.kind == "tool_finished":
+        out(f"{indent}[{e.turn}] tool {p.get('name')}: {'ok' if p.get('ok') else 'failed'}")
+    elif e.kind == "turn_finished" and p.get("status") != "done":
+        out(f"{indent}[{e.turn}] turn ended: {p.get('status')}")
+    elif e.kind == "note":
+        out(f"{indent}[{e.turn}] note: "
+            f"{p.get('text', '').splitlines()[0] if p.get('text') else ''}")
 
 
 def run_delete(args: argparse.Namespace) -> int:

@@ -21,11 +21,15 @@ from agent.events import (
     Event,
     Interrupt,
     KVStats,
+    Nested,
     Note,
     Op,
     Progress,
     SessionStarted,
     SnapshotTaken,
+    SubagentFinished,
+    SubagentStarted,
+    TokenDelta,
     ToolCallFinished,
     ToolCallStarted,
     TurnFinished,
@@ -45,6 +49,7 @@ from tui.widgets.notice import Notice, NoticeKind
 from tui.widgets.progress_row import ProgressRow
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_bar import StatusBar
+from tui.widgets.subagent import SubagentView
 from tui.widgets.tool_call import ToolCallView
 from tui.widgets.transcript import Transcript
 from tui.widgets.user_message import UserMessage
@@ -86,6 +91,7 @@ class MainScreen(Screen[None]):
         self._history = history
         self._assistant: AssistantMessage | None = None
         self._tools: dict[str, ToolCallView] = {}
+        self._subagents: dict[str, SubagentView] = {}  # by the parent's task call id
         self._pending_views: list[tuple[Pending, UserMessage]] = []
         self._approvals: dict[str, ApprovalScreen] = {}
         self._progress: dict[str, ProgressRow] = {}
@@ -185,6 +191,13 @@ class MainScreen(Screen[None]):
                 self.status.set_kv(event)
             case Error():
                 await self._error(event)
+            case SubagentStarted():
+                await self._subagent_started(event)
+            case SubagentFinished():
+                if event.call_id in self._subagents:
+                    self._subagents[event.call_id].finish(event)
+            case Nested():
+                await self._nested(event)
 
     async def stream_text(self, text: str) -> None:
         """Append streamed assistant text, starting a new message after a tool call."""
@@ -223,6 +236,7 @@ class MainScreen(Screen[None]):
         self._withdraw_approvals()
         self._clear_indeterminate_progress()
         self._tools.clear()  # call ids do not outlive their turn
+        self._subagents.clear()
         self.turns.finished()
         self._interrupting = False
         self.status.set_usage(event.usage)
@@ -247,9 +261,36 @@ class MainScreen(Screen[None]):
         view = await self._tool_view(event.call_id, event.name, {})
         await view.finish(event.ok, event.content, event.metadata, self.diff_mode)
 
-    async def _approval_requested(self, event: ApprovalRequested) -> None:
+    async def _subagent_started(self, event: SubagentStarted) -> None:
         await self._end_text()
-        view = await self._tool_view(event.call_id, event.name, event.args)
+        task = await self._tool_view(event.call_id, "task", {})
+        view = self._subagents[event.call_id] = SubagentView(event)
+        await task.mount(view)
+
+    async def _nested(self, nested: Nested) -> None:
+        """A sub-agent's event, shown inside its SubagentView."""
+        view = self._subagents.get(nested.parent_call_id)
+        if view is None:
+            return
+        match nested.event:
+            case ToolCallStarted() as e:
+                await view.tool_started(e.call_id, e.name, e.args)
+            case ToolCallFinished() as e:
+                await view.tool_finished(e, self.diff_mode)
+            case TokenDelta() as e:
+                view.stream(e.text)
+            case ApprovalRequested() as e:
+                await self._approval_requested(e, view)
+            case Error() | Note() as e:
+                view.stream(f"\n{getattr(e, 'message', '') or getattr(e, 'text', '')}\n")
+
+    async def _approval_requested(self, event: ApprovalRequested,
+                                  within: SubagentView | None = None) -> None:
+        await self._end_text()
+        if within is not None:
+            view = await within.tool_started(event.call_id, event.name, event.args)
+        else:
+            view = await self._tool_view(event.call_id, event.name, event.args)
         view.status = "awaiting"
         screen = self._approvals[event.call_id] = ApprovalScreen(event)
 

@@ -5,6 +5,7 @@ Files:
 - user_message.py: UserMessage, a prompt (`-queued` while waiting for its turn).
 - assistant_message.py: AssistantMessage, streamed Markdown (`-streaming`).
 - tool_call.py: ToolCallView, a tool call's status, diff and collapsible output.
+- subagent.py: SubagentView, a sub-agent under its task call: collapsible, tokens shared/computed.
 - diff_view.py: DiffView, a diff unified or side by side (`-split`).
 - notice.py: Notice, a note, error or command output (`-note`, `-error`, `-info`).
 - prompt_input.py: PromptInput, the multi-line prompt with history.

@@ -7,6 +7,7 @@ under the constrained grammar, one reply per step, up to the loop's step limit:
 
     explore (read, grep, glob) -> answer
     explore -> [run the tests] -> edit -> [run the tests; while they fail: undo, edit] -> answer
+    delegate (a task call with the prompt, when it asks for a sub-agent) -> answer
     (after the last try fails it is undone too: the tree is never left worse than found)
 
 An edit task is one whose prompt asks for a change ("fix", "rename", ...). Its edit is held to
@@ -58,6 +59,11 @@ _POLITE = {"please", "can", "could", "would", "you", "kindly", "now", "just", "g
 _STOP = {"the", "this", "that", "with", "from", "into", "file", "code", "function", "wrong",
          "please", "should", "there", "which", "where", "what", "bug"} | _EDIT_WORDS
 _PATH_LIKE = "^[^\\s\"<>|*?]*[./][^\\s\"<>|*?]*$"  # an extension or a folder: not `write`
+_DELEGATE = re.compile(r"\b(use|using|with|via|through)\s+(a\s+)?sub-?agents?\b",
+                       re.IGNORECASE)
+# "use a sub-agent to ...", "delegate: ...": what is left is the sub-agent's prompt
+_ASKS_FOR_ONE = re.compile(r"^\W*(please\s+)?((use|start|ask|have|spawn|launch)\s+(a|one)?\s*"
+                           r"sub-?agents?|delegate)\b\W*(to\s+|this\W*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,16 @@ def wants_edit(task: str) -> bool:
     return not asks and bool(_EDIT_WORDS & set(words))
 
 
+def delegated(task: str) -> str:
+    """The work a prompt hands to a sub-agent ("use a sub-agent to read x" -> "Read x"), or
+    "" when it asks for none."""
+    asked = _ASKS_FOR_ONE.match(task)
+    if asked is None:
+        return task if _DELEGATE.search(task) else ""
+    rest = task[asked.end():].strip()
+    return rest[:1].upper() + rest[1:] if rest else task
+
+
 @dataclass
 class _Turn:
     edit: bool = False
@@ -99,6 +115,7 @@ class _Turn:
     applied: tuple[str, str, str] | None = None  # (path, old, new) of the edit under test
     undo: tuple[str, str, str] | None = None  # an edit the tests failed: to be undone
     tried: set[str] = field(default_factory=set)  # replacement lines that failed
+    delegate: str = ""  # the prompt, when it asks for a sub-agent (and task is a tool)
 
 
 class ToolPolicy:
@@ -125,7 +142,8 @@ class ToolPolicy:
         self.turn = _Turn(edit=edit, named=named, names=identifiers(task),
                           words={w for w in _WORDS.findall(task.lower())
                                  if len(w) >= 4 and w not in _STOP},
-                          tests=test_command(files) if edit and "shell" in self.schemas else None)
+                          tests=test_command(files) if edit and "shell" in self.schemas else None,
+                          delegate=delegated(task) if "task" in self.schemas else "")
 
     def choose(self, step: int, repeating: bool) -> Choice:
         """The Choice for reply `step` of this turn (0-based)."""
@@ -178,6 +196,8 @@ class ToolPolicy:
 
     def _chain(self, step: int) -> Choice:
         t = self.turn
+        if t.delegate:  # the sub-agent explores (or edits) on its own; then answer
+            return Choice("required", [self._task(t.delegate)]) if step == 0 else Choice("none")
         if step == 0:
             return self._explore()
         if (not t.last_ok and t.last != "shell" and t.retries < RETRIES
@@ -196,6 +216,12 @@ class ToolPolicy:
         if t.edits and (t.passing or not t.tests or t.edits >= MAX_EDITS):
             return Choice("none")
         return self._edit()
+
+    def _task(self, prompt: str) -> dict[str, Any]:
+        """task, spelled out: the prompt as given, for a sub-agent to do."""
+        return _with_params(self.schemas["task"], {
+            "description": {"type": "string", "const": "delegated work"},
+            "prompt": {"type": "string", "const": prompt}}, ["description", "prompt"])
 
     def _undo(self, path: str, old: str, new: str) -> dict[str, Any]:
         """The edit that puts back what a failed one replaced, spelled out whole."""

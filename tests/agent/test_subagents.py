@@ -285,3 +285,62 @@ def _until(session, stop, on_event=None, timeout=30.0):
         if stop(e):
             return events
     raise AssertionError(f"timed out: {events[-5:]}")
+
+
+def test_the_stream_lines_of_a_subagent_follow_the_schema(git_repo):
+    from tests.cli.stream_schema import VALIDATOR
+
+    router = Router({
+        ASK: [call("task", description="find helper", prompt=WORK), "it returns x + 1."],
+        WORK: [call("read", path="src/util.py"), "helper returns x + 1"],
+    })
+    session, events = run(git_repo, router, [UserInput(ASK), Shutdown()])
+    lines = [{**event_to_json(e), "session_id": session.session_id} for e in events]
+    nested = [line for line in lines if "parent_call_id" in line]
+    assert {"turn_started", "tool_started", "tool_finished", "turn_finished"} <= \
+        {line["type"] for line in nested}
+    for line in lines:
+        errors = [e.message for e in VALIDATOR.iter_errors(line)]
+        assert not errors, (line["type"], errors[:2])
+
+
+def test_export_and_import_carry_the_subagents(git_repo, tmp_path):
+    from memory.store.export import import_session
+
+    store = SessionStore(tmp_path / "data")
+    router = Router({
+        ASK: [call("task", description="find helper", prompt=WORK), "x + 1."],
+        WORK: ["helper returns x + 1"],
+    })
+    session, events = run(git_repo, router, [UserInput(ASK), Shutdown()], store)
+    data = store.export(session.session_id)
+    (child,) = data["subagents"]
+    assert child["session"]["parent_call_id"] == "call_1"
+    shared = of(events, SubagentStarted)[0].shared_tokens
+    other = SessionStore(tmp_path / "other")
+    copy = import_session(other, json.loads(json.dumps(data)))
+    (imported,) = other.subagents(copy.id)
+    assert (imported.parent_call_id, imported.fork_turn) == ("call_1", 1)
+    assert other.token_log(imported.id) == store.token_log(child["session"]["id"])
+    assert shared > 0
+
+
+def test_the_chain_policy_spells_out_a_task_call_when_asked_for_a_subagent(git_repo):
+    from agent.tool_policy import ToolPolicy
+    from agent.tools import default_tools
+    from agent.tools.task import TaskTool
+
+    schemas = [t.schema() for t in [*default_tools(), TaskTool()]]
+    policy = ToolPolicy("chain", schemas, git_repo)
+    policy.start_turn("Use a sub-agent to read src/util.py and say what helper returns.")
+    first = policy.choose(0, False)
+    assert first.tool_choice == "required" and [s["function"]["name"] for s in first.schemas] \
+        == ["task"]
+    prompt = first.schemas[0]["function"]["parameters"]["properties"]["prompt"]
+    assert prompt["const"] == "Read src/util.py and say what helper returns."
+    assert policy.choose(1, False).tool_choice == "none"
+    policy.start_turn("what does helper return?")  # no sub-agent asked for: explore
+    assert "task" not in [s["function"]["name"] for s in policy.choose(0, False).schemas]
+    without = ToolPolicy("chain", [t.schema() for t in default_tools()], git_repo)
+    without.start_turn("Use a sub-agent to read src/util.py.")
+    assert "task" not in [s["function"]["name"] for s in without.choose(0, False).schemas]

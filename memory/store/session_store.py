@@ -211,8 +211,11 @@ class SessionStore:
         self._update_session(session_id, title=title)
 
     def delete(self, session_id: str) -> None:
-        """Delete the session with its events, tokens and checkpoints; its forks lose the link."""
+        """Delete the session with its events, tokens, checkpoints and sub-agents; its other
+        forks lose the link."""
         with self._write() as conn:
+            mine = (sessions.c.parent_id == session_id, sessions.c.parent_call_id.is_not(None))
+            conn.execute(delete(sessions).where(*mine))
             if conn.execute(delete(sessions).where(q.is_session(session_id))).rowcount == 0:
                 raise q.not_found(session_id)
 

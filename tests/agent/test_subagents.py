@@ -344,3 +344,16 @@ def test_the_chain_policy_spells_out_a_task_call_when_asked_for_a_subagent(git_r
     without = ToolPolicy("chain", [t.schema() for t in default_tools()], git_repo)
     without.start_turn("Use a sub-agent to read src/util.py.")
     assert "task" not in [s["function"]["name"] for s in without.choose(0, False).schemas]
+
+
+def test_deleting_a_session_deletes_its_subagents(git_repo, tmp_path):
+    store = SessionStore(tmp_path / "data")
+    router = Router({ASK: [call("task", description="f", prompt=WORK), "x + 1."],
+                     WORK: ["helper returns x + 1"]})
+    session, events = run(git_repo, router, [UserInput(ASK), Shutdown()], store)
+    child = of(events, SubagentStarted)[0].agent_id
+    fork = store.fork(session.session_id)  # a plain fork outlives its parent
+    store.delete(session.session_id)
+    assert [s.id for s in store.list_sessions(include_subagents=True)] == [fork.id]
+    assert store.get(fork.id).parent_id is None
+    assert child not in [s.id for s in store.list_sessions(include_subagents=True)]

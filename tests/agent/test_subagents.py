@@ -190,7 +190,7 @@ def test_task_calls_of_one_reply_run_side_by_side(git_repo):
     assert of(events, TurnFinished)[-1].status == "done"
 
 
-def test_interrupt_stops_the_subagent_and_resume_goes_on(git_repo, tmp_path):
+def test_interrupt_stops_the_subagent_and_a_restarted_parent_resumes_it(git_repo, tmp_path):
     store = SessionStore(tmp_path / "data")
     router = Router({
         "long job": [call("task", description="slow", prompt="count slowly")],
@@ -213,7 +213,13 @@ def test_interrupt_stops_the_subagent_and_resume_goes_on(git_repo, tmp_path):
     task = of(events, ToolCallFinished)[0]
     assert not task.ok and f'task(resume="{sub.agent_id}")' in task.content
     assert store.get(sub.agent_id).status == "interrupted"
-    # the next turn resumes it: it sees its own earlier reply and answers
+    # after a restart, the resumed parent's next turn resumes it: it sees its own earlier
+    # reply and answers
+    session.submit(Shutdown())
+    _until(session, lambda e: False)
+    session = AgentSession(ScriptedBackend([router] * 40), git_repo, store,
+                           resume_id=session.session_id,
+                           options=SessionOptions(permission_mode="auto"))
     session.submit(UserInput("go on"))
     session.submit(Shutdown())
     events = _until(session, lambda e: False)

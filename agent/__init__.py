@@ -6,6 +6,10 @@ Files:
 - session.py: AgentSession, a worker thread running the loop, recording its events to the store.
 - history.py: a saved session read back: its messages and earlier turns from the recorded events.
 - loop.py: AgentLoop, one user turn: append, generate, parse, dispatch tools, record.
+- subagents.py: SubagentHost, the session's side of the task tool: start, record, resume.
+- subagent.py: one sub-agent: its forked conversation, loop and session, events nested.
+- subagent_pool.py: sub-agents of one reply side by side (at most 4), by where the model runs.
+- subagent_engine.py: EngineHub, one engine serving conversations on several threads.
 - context.py: the stable-first layout: instructions, tool schemas, the repository.
 - repo_snapshot.py: the repository as the model first sees it, within a token budget.
 - repo_order.py: what the snapshot takes first (README, task files, git history, metadata last).

@@ -29,6 +29,7 @@ from agent.events import (
     TurnFinished,
     UserInput,
     event_to_json,
+    inner,
 )
 
 # A turn's status as the result's subtype (the peers' names where they have one).
@@ -103,17 +104,16 @@ class HeadlessRenderer:
         return False
 
     def _handle(self, event: Event | Nested) -> None:
-        if isinstance(event, Nested):  # a sub-agent's: its approvals are denied too
-            self._nested(event)
-            return
-        self._track(event)
+        nested = isinstance(event, Nested)  # a sub-agent's: its approvals are denied too
+        if not nested or isinstance(event.event, ApprovalRequested):
+            self._track(inner(event))
         line = {**event_to_json(event), "session_id": self.session_id}
-        if not isinstance(event, _NOT_IN_TRANSCRIPT):
+        if not isinstance(inner(event), _NOT_IN_TRANSCRIPT):
             self.transcript.append(line)
         if self.fmt == "stream-json":
             self.out_json(line)
         elif self.fmt == "text":
-            self._text(event)
+            self._nested_text(event.event) if nested else self._text(event)
         if isinstance(event, TurnFinished):
             self._next_task()
 
@@ -131,18 +131,10 @@ class HeadlessRenderer:
             self.err(f"denied {event.name}({_brief(event.args)}): needs approval; rerun with "
                      f"--permission-mode auto or --allow '{event.suggested_rule or event.name}'")
 
-    def _nested(self, nested: Nested) -> None:
-        event = nested.event
-        if isinstance(event, ApprovalRequested):
-            self._track(event)
-        line = {**event_to_json(nested), "session_id": self.session_id}
-        if not isinstance(event, _NOT_IN_TRANSCRIPT):
-            self.transcript.append(line)
-        if self.fmt == "stream-json":
-            self.out_json(line)
-        elif self.fmt == "text" and isinstance(event, ToolCallStarted):
+    def _nested_text(self, event: Event) -> None:
+        if isinstance(event, ToolCallStarted):
             self.err(f"  > {event.name}({_brief(event.args)})")
-        elif self.fmt == "text" and isinstance(event, ToolCallFinished) and not event.ok:
+        elif isinstance(event, ToolCallFinished) and not event.ok:
             self.err(f"    failed: {event.content.splitlines()[0] if event.content else ''}")
 
     def _text(self, event: Event) -> None:

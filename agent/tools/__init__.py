@@ -1,4 +1,4 @@
-"""Tools the model can call (read, edit, write, grep, glob, shell, shell_output, git).
+"""Tools the model can call (read, edit, write, grep, glob, shell, shell_output, git, task).
 
 Files:
 - base.py: the Tool contract, ToolResult, ToolContext, FileStateTracker, run_tool, output clipping.
@@ -14,6 +14,8 @@ Files:
 - reaper.py: process trees (group, descendants, tag) and the watchdog script.
 - git.py: status, diff, log, show, commit, with the commands' environment and lifetime rules.
 - git_args.py: git arguments checked by what git makes of them; read-deny excludes.
+- task.py: hand a piece of work to a sub-agent forked from the context (the session's host
+  runs it); not in default_tools: the session adds it.
 
 The sandbox (agent/workspace.py), permissions (agent/permissions.py) and checkpoints
 (agent/checkpoint.py) sit beside this package.

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def repo(tmp_path):
-    path = tmp_path / "repo"
+def notes_repo(tmp_path):
+    """A git repository of one file, notes.txt, that holds the code word."""
+    path = tmp_path / "notes"
     path.mkdir()
     (path / "notes.txt").write_text("The code word is PELICAN.\n")
     for args in (["init", "-q"], ["add", "-A"],
@@ -37,10 +38,11 @@ def repo(tmp_path):
     return path
 
 
-def test_the_default_model_delegates_a_read_to_a_subagent(repo, tmp_path, smollm2_gguf):
+def test_the_default_model_delegates_a_read_to_a_subagent(notes_repo, tmp_path,
+                                                            smollm2_gguf):
     model = LocalModel.open(str(smollm2_gguf), RuntimeOptions(device="cpu", page_size=16))
     store = SessionStore(tmp_path / "data")
-    session = AgentSession(LocalBackend(model), repo, store,
+    session = AgentSession(LocalBackend(model), notes_repo, store,
                            options=SessionOptions(permission_mode="auto"))
     session.submit(UserInput("Use a sub-agent to read notes.txt and tell me the code word."))
     session.submit(Shutdown())

@@ -6,25 +6,14 @@ the session goes on with `--continue` in a new process."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
+from tests.agent.test_subagent_model import notes_repo  # noqa: F401 - a fixture
 from tests.cli.stream_schema import validate_stream
-from tests.journeys.test_agent_command import AGENT, agent, env  # noqa: F401 - the fixture
+from tests.journeys.test_agent_command import agent, env  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def notes_repo(tmp_path):
-    repo = tmp_path / "notes"
-    repo.mkdir()
-    (repo / "notes.txt").write_text("The code word is PELICAN.\n")
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    return repo
 
 
 def test_a_subagent_reads_for_the_session_and_survives_a_resume(env, notes_repo):  # noqa: F811

@@ -59,6 +59,7 @@ _POLITE = {"please", "can", "could", "would", "you", "kindly", "now", "just", "g
 _STOP = {"the", "this", "that", "with", "from", "into", "file", "code", "function", "wrong",
          "please", "should", "there", "which", "where", "what", "bug"} | _EDIT_WORDS
 _PATH_LIKE = "^[^\\s\"<>|*?]*[./][^\\s\"<>|*?]*$"  # an extension or a folder: not `write`
+_READ_FIRST = re.compile(r"^\W*(please\s+)?(read|open|look at)\b", re.IGNORECASE)
 _DELEGATE = re.compile(r"\b(use|using|with|via|through)\s+(a\s+)?sub-?agents?\b",
                        re.IGNORECASE)
 # "use a sub-agent to ...", "delegate: ...": what is left is the sub-agent's prompt
@@ -116,6 +117,7 @@ class _Turn:
     undo: tuple[str, str, str] | None = None  # an edit the tests failed: to be undone
     tried: set[str] = field(default_factory=set)  # replacement lines that failed
     delegate: str = ""  # the prompt, when it asks for a sub-agent (and task is a tool)
+    reads_named: bool = False  # the prompt says to read files it names
 
 
 class ToolPolicy:
@@ -143,7 +145,8 @@ class ToolPolicy:
                           words={w for w in _WORDS.findall(task.lower())
                                  if len(w) >= 4 and w not in _STOP},
                           tests=test_command(files) if edit and "shell" in self.schemas else None,
-                          delegate=delegated(task) if "task" in self.schemas else "")
+                          delegate=delegated(task) if "task" in self.schemas else "",
+                          reads_named=bool(named) and _READ_FIRST.match(task) is not None)
 
     def choose(self, step: int, repeating: bool) -> Choice:
         """The Choice for reply `step` of this turn (0-based)."""
@@ -240,8 +243,11 @@ class ToolPolicy:
         return _with_params(self.schemas["shell"], {"command": command}, ["command"])
 
     def _explore(self) -> Choice:
+        names = [n for n in EXPLORE if n in self.schemas]
+        if self.turn.reads_named and "read" in names:  # "read x.py and ...": what was asked
+            names = ["read"]
         schemas = [self._read() if name == "read" else _required_only(self.schemas[name], True)
-                   for name in EXPLORE if name in self.schemas]
+                   for name in names]
         return Choice("required", schemas) if schemas else Choice("none")
 
     def _read(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from agent.backends.base import GenParams
 from agent.backends.local import LocalBackend
 from agent.events import (
     Nested,
@@ -18,6 +19,7 @@ from agent.events import (
     TurnFinished,
     UserInput,
 )
+from agent.loop import LoopConfig
 from agent.session import AgentSession, SessionOptions
 from memory.store import SessionStore
 from runtime.local_model import LocalModel, RuntimeOptions
@@ -42,8 +44,9 @@ def test_the_default_model_delegates_a_read_to_a_subagent(notes_repo, tmp_path,
                                                             smollm2_gguf):
     model = LocalModel.open(str(smollm2_gguf), RuntimeOptions(device="cpu", page_size=16))
     store = SessionStore(tmp_path / "data")
+    loop = LoopConfig(gen=GenParams(max_tokens=64))  # the sub-agent's replies too
     session = AgentSession(LocalBackend(model), notes_repo, store,
-                           options=SessionOptions(permission_mode="auto"))
+                           options=SessionOptions(permission_mode="auto", loop=loop))
     session.submit(UserInput("Use a sub-agent to read notes.txt and tell me the code word."))
     session.submit(Shutdown())
     events = []

@@ -347,6 +347,8 @@ def test_the_chain_policy_spells_out_a_task_call_when_asked_for_a_subagent(git_r
     assert policy.choose(1, False).tool_choice == "none"
     policy.start_turn("what does helper return?")  # no sub-agent asked for: explore
     assert "task" not in [s["function"]["name"] for s in policy.choose(0, False).schemas]
+    policy.start_turn("Read src/util.py and say what helper returns.")  # read, as asked
+    assert [s["function"]["name"] for s in policy.choose(0, False).schemas] == ["read"]
     without = ToolPolicy("chain", [t.schema() for t in default_tools()], git_repo)
     without.start_turn("Use a sub-agent to read src/util.py.")
     assert "task" not in [s["function"]["name"] for s in without.choose(0, False).schemas]

@@ -1,8 +1,9 @@
 """A session as plain JSON-able data, for `agent sessions export` / `import` and for tests.
 
 The export holds the session, all its events (superseded ones flagged), its token log as one
-array per segment, its checkpoints and its sub-agents (each an export of its own). `dumps_export` writes it indented but each segment on
-one line, so a 2K-token session is a few kilobytes, not one id per line. `import_session`
+array per segment, its checkpoints and its sub-agents (each an export of its own).
+`dumps_export` writes it indented but each segment on one line, so a 2K-token session is a few
+kilobytes, not one id per line. `import_session`
 writes an export into another store as a new session that `--resume` continues: the token log
 and the events are the same, so the KV comes back from the disk tier where its pages are, and is
 recomputed where they are not. Checkpoints stay behind (their commits live in the exporting

@@ -64,9 +64,8 @@ class SubagentHost:
                     results[i] = child
                 else:
                     started.append((i, child))
-            parent = self.session.loop.conv
-            outcomes = run_all(parent, [c.conv for _, c in started],
-                               [c.run for _, c in started], self.limit)
+            outcomes = run_all(self.session.loop.conv, [c.conv for _, c in started],
+                               [c.run for _, c in started], self.limit) if started else []
             for (i, child), finished in zip(started, outcomes, strict=True):
                 results[i] = self._finish(child, finished)
         finally:

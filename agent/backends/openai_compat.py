@@ -182,6 +182,17 @@ class OpenAIConversation(MessageConversation):
         self._prompt_tokens += n
         return AppendResult(new_tokens=n)
 
+    def fork(self) -> OpenAIConversation:
+        """A copy whose open tool calls are answered: the API wants every call of the last
+        reply answered before another message. The fork is a sub-agent started by one of
+        them; their real results go to the conversation that made them."""
+        child = super().fork()
+        child.messages += [{"role": "tool", "tool_call_id": call_id,
+                            "content": "(its result goes to the conversation that made it)"}
+                           for call_id in self._open_calls]
+        child._open_calls = []
+        return child
+
     def _with_call_id(self, message: dict[str, Any]) -> dict[str, Any]:
         """A tool result answers the next open call of the last reply, in order."""
         if message.get("role") != "tool" or not self._open_calls:

@@ -365,3 +365,16 @@ def test_deleting_a_session_deletes_its_subagents(git_repo, tmp_path):
     assert [s.id for s in store.list_sessions(include_subagents=True)] == [fork.id]
     assert store.get(fork.id).parent_id is None
     assert child not in [s.id for s in store.list_sessions(include_subagents=True)]
+
+
+def test_an_openai_fork_answers_the_open_calls_and_leaves_the_parent_alone():
+    from agent.backends.openai_compat import OpenAIConversation
+
+    conv = OpenAIConversation(backend=None)
+    conv.messages = [{"role": "user", "content": "go"},
+                     {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}]
+    conv._open_calls = ["c1"]
+    child = conv.fork()
+    assert child.messages[:2] == conv.messages and len(conv.messages) == 2
+    assert child.messages[2]["role"] == "tool" and child.messages[2]["tool_call_id"] == "c1"
+    assert conv._open_calls == ["c1"] and child._open_calls == []

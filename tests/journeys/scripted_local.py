@@ -67,7 +67,7 @@ class ScriptedConversation(LocalConversation):
         text = step(self.messages) if callable(step) else step
         slow = text.startswith(SLOW)
         text = text.removeprefix(SLOW)
-        tok, engine = self.model.tokenizer, self.model.engine
+        tok, engine = self.model.tokenizer, self.engine  # a hub when sub-agents run side by side
         ids, finish, start = [], "stop", time.perf_counter()
         if not slow:  # all at once: the same KV as one token at a time, in one forward
             ids = [*tok.encode(text), self.backend.end_id]

@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.backends.base import GenParams  # noqa: E402
-from agent.backends.local import LocalBackend, LocalConversation  # noqa: E402
 from agent.context import system_message  # noqa: E402
 from agent.events import Shutdown, SubagentStarted, TurnFinished, UserInput  # noqa: E402
 from agent.loop import LoopConfig  # noqa: E402
@@ -42,6 +41,8 @@ from agent.session import AgentSession, SessionOptions  # noqa: E402
 from agent.subagents import SubagentHost  # noqa: E402
 from memory.store import SessionStore  # noqa: E402
 from runtime.local_model import LocalModel, RuntimeOptions  # noqa: E402
+from tests.agent.subagent_parent import ScriptedParent as Timed  # noqa: E402
+from tests.agent.subagent_parent import ScriptedParentBackend as TimedBackend  # noqa: E402
 from tests.model_folder import QWEN25_7B_1M, TINY, write_model_folder  # noqa: E402
 
 PROMPT = "Find every function in the text above that opens a file and list their names."
@@ -60,35 +61,6 @@ def source_text(tokens: int, count) -> str:
     while count(text) > tokens:  # trim to the size asked
         text = text[: int(len(text) * tokens / count(text))]
     return text
-
-
-class Timed(LocalConversation):
-    """The parent's replies are scripted (token ids through the engine as decoding leaves
-    them); a fork generates for real and notes when its first token came."""
-
-    script: list[str] = []
-    first_token: list[float] = []
-
-    def fork(self) -> Timed:
-        child = super().fork()
-        child.script = []
-        return child
-
-    def generate(self, params: GenParams, cancel):
-        if not self.script:
-            yield from super().generate(params, cancel)
-            self.first_token.append(time.perf_counter())
-            return
-        text = self.script.pop(0)
-        tok = self.model.tokenizer
-        ids = [*tok.encode(text), min(self.engine.stop_ids)]
-        self.engine.extend(self.seq, ids)
-        yield text
-        self._finish(ids, "stop", 0.0)
-
-
-class TimedBackend(LocalBackend):
-    conversation_type = Timed
 
 
 class TimedHost(SubagentHost):

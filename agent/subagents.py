@@ -93,12 +93,17 @@ class SubagentHost:
     def _fork(self, call_id: str, args: TaskArgs) -> Subagent:
         parent = self._parent()
         spec = self._spec(call_id, args, parent)
-        start = time.perf_counter()
-        conv = self.session.loop.conv.fork()
-        fork_ms = (time.perf_counter() - start) * 1000
-        shared = conv.context_tokens
         info = parent.store.fork(parent.session_id, parent.turn, call_id, spec.description)
         parent.store.acquire_lock(info.id)
+        start = time.perf_counter()
+        try:
+            conv = self.session.loop.conv.fork()
+        except Exception as e:  # e.g. no device pages left for the partial page's copy
+            parent.store.set_status(info.id, "error")
+            parent.store.release_lock(info.id)
+            raise Refused(f"task: the sub-agent could not start: {e}") from e
+        fork_ms = (time.perf_counter() - start) * 1000
+        shared = conv.context_tokens
         started = spec.started(info.id, shared, fork_ms)
         self._record_start(info.id, parent.turn, started)
         return Subagent(parent, spec, info.id, conv, parent.turn + 1, started, spec.prompt,

@@ -378,3 +378,21 @@ def test_an_openai_fork_answers_the_open_calls_and_leaves_the_parent_alone():
     assert child.messages[:2] == conv.messages and len(conv.messages) == 2
     assert child.messages[2]["role"] == "tool" and child.messages[2]["tool_call_id"] == "c1"
     assert conv._open_calls == ["c1"] and child._open_calls == []
+
+
+def test_a_fork_that_fails_is_the_calls_error_and_leaves_its_session_closed(
+        git_repo, tmp_path, monkeypatch):
+    from agent.backends.scripted import ScriptedConversation
+
+    def no_pages(self):
+        raise RuntimeError("the device KV pool is full")
+
+    monkeypatch.setattr(ScriptedConversation, "fork", no_pages)
+    store = SessionStore(tmp_path / "data")
+    router = Router({ASK: [call("task", description="f", prompt=WORK), "could not."]})
+    session, events = run(git_repo, router, [UserInput(ASK), Shutdown()], store)
+    task = of(events, ToolCallFinished)[0]
+    assert not task.ok and "could not start" in task.content and "KV pool" in task.content
+    (child,) = store.subagents(session.session_id)
+    assert child.status == "error"
+    assert of(events, TurnFinished)[-1].status == "done"

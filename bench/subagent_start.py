@@ -140,8 +140,8 @@ def main() -> None:
     folder = write_model_folder(Path(os.environ.get("AGENT_TEST_MODEL_DIR", "/tmp/models"))
                                 / name, shape)
     window = args.context + 16384
-    model = LocalModel.open(str(folder), RuntimeOptions(
-        max_context=window, cache_dir=work / "cache",
+    model = LocalModel.open(str(folder), RuntimeOptions(  # constraints: as a session opens it
+        max_context=window, cache_dir=work / "cache", constraints=True,
         **({"device": "cpu", "dtype": "fp32"} if args.tiny else {})))
     backend = TimedBackend(model)
     repo = work / "repo"

@@ -71,7 +71,11 @@ MODEL_HELP = ("model: 'smollm2' (the embedded default), a local HF folder or .gg
 def add_model_flags(p: argparse.ArgumentParser, cache_dir_default: Any = None) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
-                   help="weights and KV dtype (default: fp32 on CPU, bf16 on GPU)")
+                   help="compute and KV dtype (default: bf16 on GPU and on a CPU with bf16, "
+                   "else fp32)")
+    p.add_argument("--weights", choices=["native", "bf16", "fp32"], default=None,
+                   help="a GGUF's quantized weights: native keeps Q4_0/Q4_1 packed (CPU), "
+                   "bf16/fp32 dequantize (default: native on a CPU with bf16, else fp32)")
     p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
                    help="KV cache dtype, if not --dtype's (default: --dtype's); fp8 (e4m3) "
                    "halves the KV bytes")
@@ -96,9 +100,10 @@ def add_model_flags(p: argparse.ArgumentParser, cache_dir_default: Any = None) -
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The RuntimeOptions fields the model flags set (for LocalModel.open / open_backend)."""
-    return {"dtype": args.dtype, "device": args.device, "max_context": args.max_context,
-            "gpu_memory": args.gpu_memory, "host_memory": args.host_memory,
-            "kv_dtype": args.kv_dtype, "tensor_parallel": args.tensor_parallel}
+    return {"dtype": args.dtype, "weights": args.weights, "device": args.device,
+            "max_context": args.max_context, "gpu_memory": args.gpu_memory,
+            "host_memory": args.host_memory, "kv_dtype": args.kv_dtype,
+            "tensor_parallel": args.tensor_parallel}
 
 
 def _fraction(text: str) -> float:

@@ -135,9 +135,11 @@ class LocalModel:
         path = resolve_model(spec, progress=options.progress, cache_dir=options.cache_dir)
         device = rank.device if rank else torch.device(
             options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        native = (options.weights or default_weights(device)) == "native"
+        # Tensor-parallel ranks gather dense weights (rank.load): packed ones are single-process.
+        weights = options.weights or settings.default_weights(device.type)
+        native = weights == "native" and rank is None
         dequantized = None if native else options.weights
-        dtype = DTYPES[options.dtype or dequantized or _default_dtype(device, native)]
+        dtype = DTYPES[options.dtype or dequantized or settings.default_dtype(device.type)]
         settings.export_triton_cache_dir(options.cache_dir)
         tokenizer = _load_tokenizer(path)
         if options.constraints and (rank is None or rank.group.rank == 0):
@@ -248,19 +250,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 WEIGHTS = ("native", "fp32", "bf16")
-
-
-def default_weights(device: torch.device) -> str:
-    """How a GGUF's quantized weights are served when not asked: dequantized to the dtype."""
-    return "fp32" if device.type == "cpu" else "bf16"
-
-
-def _default_dtype(device: torch.device, native: bool = False) -> str:
-    """bf16 on CUDA; on the CPU fp32, but bf16 for packed weights where the CPU has bf16:
-    torch's int4 CPU kernel is vectorised for bf16 only (fp32 is ~50x slower, measured)."""
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def default_page_size(device: torch.device) -> int:

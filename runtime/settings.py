@@ -89,6 +89,34 @@ def default_model(flag_value: str | None = None) -> str:
     return resolve("model", flag_value) or DEFAULT_MODEL
 
 
+def default_weights(device_type: str) -> str:
+    """How a GGUF's quantized weights are served when not asked (RuntimeOptions.weights).
+
+    On a CPU with bf16, `native`: Q4_0/Q4_1 linears stay packed and compute in bf16, which
+    decodes fastest there (docs/benchmarks.md, issue 21); without bf16 the int4 kernel is not
+    vectorised (~50x slower than dense fp32), so `fp32`. On CUDA, dequantized `bf16`."""
+    if device_type != "cpu":
+        return "bf16"
+    return "native" if cpu_has_bf16() else "fp32"
+
+
+def default_dtype(device_type: str) -> str:
+    """The compute dtype when none is asked: bf16 on CUDA and on a CPU with bf16, else fp32.
+
+    The KV cache follows it unless `kv_dtype` says otherwise, so on such a CPU it is 16-bit
+    (half the bytes per token in every tier). Exactness tests against transformers pass fp32."""
+    if device_type != "cpu":
+        return "bf16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX, or Arm's BF16)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def read_config_file() -> dict[str, Any]:
     """The known keys of `config.toml`; {} when absent. Raises ValueError when it is malformed."""
     path = config_dir() / CONFIG_FILE

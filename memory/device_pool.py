@@ -24,7 +24,10 @@ class DevicePagePool:
         self.layout = layout
         self.num_pages = num_pages
         self.device = torch.device(device)
-        self.data = torch.zeros((num_pages, *layout.page_shape), dtype=layout.dtype, device=device)
+        # On the CPU an untouched page costs no memory: a large empty tensor is fresh (zeroed)
+        # pages from the OS, resident only once written, so RSS grows with the context used.
+        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
+        self.data = alloc((num_pages, *layout.page_shape), dtype=layout.dtype, device=device)
         # Pop from the end: low ids first, which keeps fresh sequences nearly contiguous.
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
         self._bytes: np.ndarray | None = None

@@ -10,6 +10,9 @@ summation order; with bf16 activations s and z round to bf16 as well (kernel's c
 
 Per token a decode streams 0.5 byte per weight plus the scales (8 bytes per 32 weights in
 fp32, 4 in bf16) instead of 4 (fp32) or 2 (bf16).
+
+`GGUFEmbedding` serves a tied model's token lookups from the file's own bytes, so the table's
+one dense copy is the head's (runtime/engine/cpu_layout.py packs it for the matmul).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
 from torch import Tensor, nn
 
 GROUP = 32  # weights per GGUF block and per int4 kernel group
@@ -85,6 +89,27 @@ class Int4Linear(nn.Module):
             torch.cat([m.scales_zeros for m in linears], dim=1),
             bias,
         )
+
+
+class GGUFEmbedding(nn.Module):
+    """Token embeddings dequantized per lookup from a GGUF tensor's bytes (the file mapping).
+
+    Rows come out of `gguf`'s dequantize like the dense table's did, then cast to `dtype`, so
+    a lookup equals the dense embedding's exactly. The bytes stay in the page cache, shared
+    with every process that maps the file; a step reads only the rows of its tokens."""
+
+    def __init__(self, rows: np.ndarray, qtype: GGMLQuantizationType, dim: int,
+                 dtype: torch.dtype):
+        super().__init__()
+        self.rows = rows  # (vocab, bytes per row) uint8, a view of the mapping
+        self.qtype = qtype
+        self.embedding_dim = dim
+        self.dtype = dtype
+
+    def forward(self, ids: Tensor) -> Tensor:
+        picked = self.rows[ids.reshape(-1).numpy()]  # a copy of just these rows
+        values = torch.from_numpy(dequantize(picked, self.qtype))
+        return values.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
 
 
 def _decode_blocks(blocks: np.ndarray, qtype: GGMLQuantizationType

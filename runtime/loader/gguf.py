@@ -11,6 +11,7 @@ experts already; runtime/loader/experts.py places them.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from collections import deque
@@ -26,7 +27,7 @@ from torch import nn
 
 from runtime.config import FULL, SLIDING, ModelConfig, RopeScaling
 from runtime.errors import CorruptModelFile, UnsupportedModel
-from runtime.kernels.cpu_quant import Int4Linear, can_pack
+from runtime.kernels.cpu_quant import GGUFEmbedding, Int4Linear, can_pack
 from runtime.loader import gguf_deepseek
 from runtime.loader.common import (
     LoadedModel,
@@ -68,6 +69,7 @@ _SINKS = re.compile(r"blk\.(\d+)\.attn_sinks\.weight")
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 ROPE_FREQS = "rope_freqs.weight"  # llama3-style per-frequency divisors, applied to the rotary
 _PREFETCH = 4  # dequantized tensors in flight at most
+_ROWS_PER_CHUNK = 4096  # a large table (the embedding) dequantizes this many rows at a time
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -96,6 +98,8 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device,
         heads = _permuted_heads(info.name, cfg)
         if info.name in packable:
             return Int4Linear.from_blocks(_rows(gf, info, heads), info.qtype, dtype)
+        if not heads and len(info.shape) == 2 and info.shape[0] > _ROWS_PER_CHUNK:
+            return _dequantized_as(gf, info, dtype)
         return _dequantized(gf, info, heads)
 
     packed: dict[str, Int4Linear] = {}
@@ -113,6 +117,11 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device,
     check_complete(model, path)
     if ROPE_FREQS in gf.tensors:
         model.model.rotary.set_freq_factors(_dequantized(gf, gf.tensors[ROPE_FREQS]))
+    if device.type == "cpu":
+        _embedding_from_file(model, gf, dtype)
+        # Every weight is a copy now (packed or dequantized): drop the file's pages from this
+        # process (the page cache keeps them; embedding rows fault back in when read).
+        gf.buf.madvise(mmap.MADV_DONTNEED)
     eos = merge_ids(cfg.eos_token_ids, _token_ids(gf.metadata, ("eot", "eom")))
     # Packed weights compute differently: their KV must never mix with the dequantized model's.
     wid = weights_id([path]) + (":int4-native" if packed else "")
@@ -129,6 +138,24 @@ def _packable_linears(model: nn.Module, gf: GGUFFile, names: dict[str, str | Non
         if isinstance(model.get_submodule(hf.rpartition(".")[0]), nn.Linear):
             out.add(name)
     return out
+
+
+def _embedding_from_file(model: nn.Module, gf: GGUFFile, dtype: torch.dtype) -> None:
+    """A tied CPU model keeps one dense table, the head's: lookups read the file's rows.
+
+    The head takes the loaded table as its weight (cpu_layout.py lays it out for the matmul);
+    the embedding becomes a GGUFEmbedding over the same tensor's bytes."""
+    decoder = getattr(model, "model", None)
+    emb = getattr(decoder, "embed_tokens", None)
+    if (getattr(model, "packed_head", False) is not None or not isinstance(emb, nn.Embedding)
+            or "output.weight" in gf.tensors):
+        return
+    with torch.device("meta"):
+        head = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False)
+    head.weight = emb.weight
+    model.packed_head = head
+    info = gf.tensors["token_embd.weight"]
+    decoder.embed_tokens = GGUFEmbedding(gf.raw(info), info.qtype, emb.embedding_dim, dtype)
 
 
 def _install_packed(model: nn.Module, packed: dict[str, Int4Linear]) -> None:
@@ -307,6 +334,20 @@ def _dequantized(gf: GGUFFile, info: TensorInfo, unpermute_heads: int = 0) -> to
     if not weights.flags.writeable:  # F32 tensors come back as views of the read-only mapping
         weights = np.array(weights)
     return torch.from_numpy(weights)
+
+
+def _dequantized_as(gf: GGUFFile, info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
+    """A 2-D tensor dequantized into `dtype` a few thousand rows at a time: the same values as
+    `_dequantized(...).to(dtype)` without the whole table in fp32 (113 MB for SmolLM2's)."""
+    raw = gf.raw(info)
+    out = torch.empty(info.shape, dtype=dtype)
+    for start in range(0, info.shape[0], _ROWS_PER_CHUNK):
+        rows = raw[start : start + _ROWS_PER_CHUNK]
+        try:
+            out[start : start + len(rows)] = torch.from_numpy(dequantize(rows, info.qtype))
+        except NotImplementedError as e:
+            raise UnsupportedModel(f"{gf.path}: cannot dequantize {info.qtype.name} ({e})") from e
+    return out
 
 
 def _permuted_heads(gguf_name: str, cfg: ModelConfig) -> int:

@@ -8,6 +8,7 @@ bf16 activations round every linear's input, and the logits agree to a few perce
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
@@ -65,3 +66,31 @@ def test_native_is_ignored_off_the_cpu_path_types(tmp_path):
                DEFAULT)
     loaded = load_model(path, native=True)  # Q8_0: no int4 blocks, everything dequantized
     assert not any(isinstance(m, Int4Linear) for m in loaded.model.modules())
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.F32])
+def test_tied_table_is_held_once_and_lookups_read_the_file(qtype, tmp_path):
+    """On the CPU the head keeps the one dense table; lookups dequantize the file's rows and
+    equal that table's rows exactly (same gguf dequantize, same cast)."""
+    from gguf.quants import dequantize
+
+    from runtime.engine.cpu_layout import OneDnnLinear, use_onednn
+    from runtime.kernels.cpu_quant import GGUFEmbedding
+    from runtime.loader.gguf_file import read_gguf
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, tiny_hf_model("LlamaConfig", DEFAULT, 2, True, {}), "llama", qtype, DEFAULT)
+    loaded = load_model(path, torch.bfloat16, native=True)
+    model = loaded.model
+    assert isinstance(model.model.embed_tokens, GGUFEmbedding)
+    gf = read_gguf(path)
+    info = gf.tensors["token_embd.weight"]
+    table = torch.from_numpy(np.array(dequantize(gf.raw(info), info.qtype))).to(torch.bfloat16)
+    assert torch.equal(model.packed_head.weight, table)
+    ids = torch.tensor([0, 5, 255, 5])
+    assert torch.equal(model.model.embed_tokens(ids), table[ids])
+    tables = [n for n, t in model.named_parameters() if t.shape == table.shape]
+    assert tables == ["packed_head.weight"]
+    use_onednn(model)
+    assert isinstance(model.packed_head, OneDnnLinear)
+    assert not any(t.shape == table.shape for t in model.parameters())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import numpy as np
 import torch
 
@@ -24,10 +27,11 @@ class DevicePagePool:
         self.layout = layout
         self.num_pages = num_pages
         self.device = torch.device(device)
-        # On the CPU an untouched page costs no memory: a large empty tensor is fresh (zeroed)
-        # pages from the OS, resident only once written, so RSS grows with the context used.
-        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
-        self.data = alloc((num_pages, *layout.page_shape), dtype=layout.dtype, device=device)
+        shape = (num_pages, *layout.page_shape)
+        if self.device.type == "cpu":
+            self.data = _zeros_on_demand(shape, layout.dtype)
+        else:
+            self.data = torch.zeros(shape, dtype=layout.dtype, device=device)
         # Pop from the end: low ids first, which keeps fresh sequences nearly contiguous.
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
         self._bytes: np.ndarray | None = None
@@ -68,3 +72,11 @@ class DevicePagePool:
     def copy_page(self, src: int, dst: int) -> None:
         """Copy one whole page (all layers) within the pool; used for copy-on-write forks."""
         self.data[dst].copy_(self.data[src])
+
+
+def _zeros_on_demand(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in anonymous memory: the OS maps each page when first written, so a CPU pool
+    costs resident memory only for the context in use (torch.zeros would touch it all)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    buf = mmap.mmap(-1, max(nbytes, 1))
+    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+_LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: it runs per layer
 
 
 class OneDnnLinear(nn.Module):
@@ -28,7 +29,7 @@ class OneDnnLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return _LINEAR(x, self.weight, self.bias, "none", [], "")
 
 
 def use_onednn(model: nn.Module) -> bool:

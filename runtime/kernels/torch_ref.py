@@ -12,7 +12,11 @@ from runtime.kernels.fp8_kv import dequantize, is_fp8, quantize, split_fp8
 def store_kv_reference(k_cache, v_cache, k, v, slot_mapping: torch.Tensor, page_size: int) -> None:
     """Scatter new keys/values into their slots; k_cache is `[pages, page_size, H, D]` (fp8
     caches: `D + 4`, values quantized per token and head, runtime/kernels/fp8_kv.py)."""
-    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
+    store_kv_at(k_cache, v_cache, k, v, slot_mapping // page_size, slot_mapping % page_size)
+
+
+def store_kv_at(k_cache, v_cache, k, v, pages: torch.Tensor, offsets: torch.Tensor) -> None:
+    """`store_kv_reference` with each new token's page and offset already split."""
     for cache, x in ((k_cache, k), (v_cache, v)):
         if is_fp8(cache):
             values, scales = split_fp8(cache)
@@ -86,12 +90,15 @@ def _attend_variant(q, k, v, scale: float, window: int | None, sinks: torch.Tens
 
 
 def _attend_one(q, k, v, scale: float) -> torch.Tensor:
-    """One query: the heads of each KV head as one matmul (no KV copy per query head)."""
+    """One query: the query heads of each KV head are that head's rows of one SDPA call (no
+    KV copy per query head, no mask: the query sees every key). On the CPU SDPA's fused
+    kernel is 3-5x the matmul-softmax-matmul it replaced (bf16, 100 to 6K keys, measured)."""
     kv_heads, d = k.shape[1], k.shape[2]
-    qg = q.view(kv_heads, -1, d)  # (Hkv, group, D)
-    scores = torch.matmul(qg, k.permute(1, 2, 0)) * scale  # (Hkv, group, Tk)
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    return torch.matmul(probs, v.transpose(0, 1)).view(1, -1, d)  # (1, Hq, D)
+    qg = q.view(1, kv_heads, -1, d)  # (1, Hkv, group, D)
+    out = F.scaled_dot_product_attention(
+        qg, k.permute(1, 0, 2)[None], v.permute(1, 0, 2)[None], scale=scale
+    )
+    return out.view(1, -1, d)  # (1, Hq, D)
 
 
 class TorchReferenceBackend(AttentionBackend):
@@ -99,8 +106,16 @@ class TorchReferenceBackend(AttentionBackend):
 
     name = "torch"
 
+    def __init__(self) -> None:
+        # Every layer of a forward stores at the same slots: split them once per forward.
+        self._slots: torch.Tensor | None = None
+        self._where: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def store_kv(self, k_cache, v_cache, k, v, meta: AttentionMetadata) -> None:
-        store_kv_reference(k_cache, v_cache, k, v, meta.slot_mapping, meta.page_size)
+        if self._slots is not meta.slot_mapping:
+            slots, size = meta.slot_mapping, meta.page_size
+            self._slots, self._where = slots, (slots // size, slots % size)
+        store_kv_at(k_cache, v_cache, k, v, *self._where)
 
     def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, *,
                 window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:

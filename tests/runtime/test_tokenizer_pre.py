@@ -118,9 +118,10 @@ def test_smollm2_gguf_matches_llama_cpp_on_source_files(smollm2_gguf, smollm2_pa
     for i, text in enumerate(_corpus(20_000)):
         path = tmp_path / f"t{i}.txt"
         path.write_text(text, encoding="utf-8")
+        # --no-escape: the file is source text; by default the tool turns "\\n" into a newline.
         out = subprocess.run(
             [_llama_tokenize(), "-m", str(smollm2_gguf), "-f", str(path), "--ids",
-             "--no-bos", "--log-disable", "--no-parse-special"],
+             "--no-bos", "--log-disable", "--no-parse-special", "--no-escape"],
             capture_output=True, text=True, check=True, timeout=120,
         ).stdout
         theirs = [int(t) for t in out.strip().splitlines()[-1].strip("[]").split(",") if t]

@@ -147,10 +147,13 @@ class TailStore:
             return None, "corrupt (payload length or checksum mismatch)"
         if kv_len != n * self.layout.bytes_per_token:
             return None, "of another KV layout"
-        kv_raw = np.frombuffer(payload, np.uint8, kv_len, 4 * count)
-        kv = torch.from_numpy(kv_raw.copy()).view(self.layout.dtype)
         L, two, _, heads, dim = self.layout.page_shape
-        kv = kv.view(L, two, n, heads, dim)
+        if kv_len:
+            kv_raw = np.frombuffer(payload, np.uint8, kv_len, 4 * count)
+            kv = torch.from_numpy(kv_raw.copy()).view(self.layout.dtype)
+            kv = kv.view(L, two, n, heads, dim)
+        else:  # a page-aligned prefix saves only its logits (an empty array cannot be viewed)
+            kv = torch.empty(L, two, 0, heads, dim, dtype=self.layout.dtype)
         logits = None
         if n_logits:
             raw = np.frombuffer(payload, np.float32, n_logits, 4 * count + kv_len)

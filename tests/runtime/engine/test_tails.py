@@ -115,3 +115,13 @@ def test_a_restored_chain_is_newer_than_an_older_session(model, tmp_path):
     fresh = tiered_engine(model, tmp_path)
     kept = fresh.extend(fresh.new_sequence(), LONG).cached_by_tier.get("disk", 0)
     assert kept >= 8 * PAGE - PAGE
+
+
+def test_a_page_aligned_prompt_restores_its_logits_in_a_new_process(model, tmp_path):
+    aligned = LONG[: 8 * PAGE]  # no partial page: the tail holds only the last logits
+    _, _, first = first_process(model, tmp_path, prompt=aligned)
+    engine = tiered_engine(model, tmp_path)
+    seq = engine.new_sequence()
+    result = engine.extend(seq, aligned)
+    assert result.cached_tokens == len(aligned) and result.computed_tokens == 0
+    assert [e.token_id for e in engine.generate(seq, SamplingParams(max_tokens=10))] == first

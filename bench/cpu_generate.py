@@ -210,7 +210,8 @@ def llama_cpp_round(bins: dict, args, ids: dict) -> dict:
     row = cpu_llama_cpp.bench(bins, gguf, args.prefill_tokens, args.decode_tokens, args.threads)
     after = cpu_llama_cpp.follow_up(bins, gguf, ids["prefix"], ids["follow"], args.threads)
     row.update(follow_up_s=after["follow_up_s"], restart_load_s=after["server_start_s"],
-               tokens_cached=after["tokens_cached"])
+               restore_s=after["restore_s"], tokens_restored=after["tokens_restored"],
+               tokens_computed=after["tokens_computed"])
     return row
 
 

@@ -95,12 +95,15 @@ def follow_up(bins: dict[str, Path], gguf: Path, prefix: list[int], follow: list
         with _Server(bins, gguf, threads, slots) as srv:
             load_s = time.perf_counter() - start
             start = time.perf_counter()
-            srv.post("/slots/0?action=restore", {"filename": "prefix.bin"})
+            restored = srv.post("/slots/0?action=restore", {"filename": "prefix.bin"})
+            restore_s = time.perf_counter() - start
             answer = srv.post("/completion", {"prompt": prefix + follow, "n_predict": 1,
                                               "cache_prompt": True})
             took = time.perf_counter() - start
-    cached = answer.get("tokens_cached") or answer.get("timings", {}).get("cache_n")
-    return {"follow_up_s": took, "server_start_s": load_s, "tokens_cached": cached}
+    timings = answer.get("timings", {})
+    return {"follow_up_s": took, "restore_s": restore_s, "server_start_s": load_s,
+            "tokens_restored": restored.get("n_restored"),
+            "tokens_computed": timings.get("prompt_n")}
 
 
 class _Server:

@@ -24,7 +24,10 @@ import bashlex.errors
 
 MAX_NESTING = 8
 _STRUCTURE = {"list", "pipeline", "compound", "if", "for", "while", "until", "function"}
-_IGNORED = {"reservedword", "operator", "pipe", "heredoc", "tilde"}
+_IGNORED = {"reservedword", "operator", "pipe", "heredoc"}
+# What bash takes as a tilde-prefix's login name (`~`, `~user`, `~+`, `~-`, `~2`); bashlex's
+# tilde node also swallows what follows up to a slash, substitutions included (`~$(cmd)`).
+_TILDE_PREFIX = re.compile(r"~[A-Za-z0-9._+-]*")
 _SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox-sh", "fish"}
 _HARMLESS_TARGETS = {"/dev/null"}
 # options (of the wrapper named) that take the next word as their value
@@ -130,10 +133,22 @@ def _visit(node: Any, result: Analysis, depth: int) -> None:
         _visit(node.command, result, depth + 1)
     elif kind in ("word", "assignment", "parameter"):
         _visit_word_parts(node, result, depth)
+    elif kind == "tilde":
+        hidden = _tilde_rest(node)
+        if hidden:  # `~`cmd``: bash runs cmd; read the rest as the word it is
+            result.simple = False
+            _analyse_text(": " + hidden, result, depth + 1)
     elif kind == "redirect":
         _visit_redirect(node, result, depth)
     elif kind not in _IGNORED:
         result.hide(f"unsupported shell construct {kind!r}")
+
+
+def _tilde_rest(node: Any) -> str:
+    """What a tilde node holds beyond its login-name prefix ("" for `~`, `~user`, `~+`)."""
+    value = getattr(node, "value", "") or ""
+    prefix = _TILDE_PREFIX.match(value)
+    return value[prefix.end():] if prefix else value
 
 
 def _visit_word_parts(node: Any, result: Analysis, depth: int) -> None:
@@ -164,7 +179,8 @@ def _visit_command(node: Any, result: Analysis, depth: int) -> None:
             _visit_word_parts(part, result, depth)
         elif part.kind == "word":
             words.append(part.word)
-            dynamic.append(any(p.kind != "tilde" for p in getattr(part, "parts", [])))
+            dynamic.append(any(p.kind != "tilde" or _tilde_rest(p)
+                               for p in getattr(part, "parts", [])))
             _visit_word_parts(part, result, depth)
         else:
             _visit(part, result, depth)

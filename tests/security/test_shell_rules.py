@@ -32,12 +32,15 @@ ALLOW_BYPASSES = [
     "git status <<EOF\nx\nEOF",
     "git $X",
     "git status ${X:-$(touch pwned)}",
+    "git ~`touch pwned`",  # bashlex's tilde node swallowed the substitution (found by the fuzz)
+    "git ~root$(touch pwned)/x",
     "if git status; then touch pwned; fi",
     "git status 'unbalanced",
     "",
 ]
 
 RM_SPELLINGS = [
+    "git ~$(rm -rf /)",  # a substitution inside a tilde word
     "rm x",
     "rm -rf /",
     "/bin/rm x",

@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 
 SCRIPT = """
-import sys, psutil
+import faulthandler, signal, sys, psutil
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a hang is
 from pathlib import Path
 from runtime.engine.sampling import SamplingParams
 from runtime.local_model import LocalModel, RuntimeOptions
@@ -59,7 +60,14 @@ def test_followers_end_with_rank_0_killed_or_interrupted(qwen2_folder, tmp_path)
     interrupted, interrupted_followers = start(qwen2_folder, tmp_path / "b")
     killed.kill()
     os.killpg(interrupted.pid, signal.SIGINT)
-    assert interrupted.wait(30) != 0
+    try:
+        assert interrupted.wait(90) != 0
+    except subprocess.TimeoutExpired:  # say where it hangs (it did once, under a full suite)
+        interrupted.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        interrupted.kill()
+        raise AssertionError("rank 0 did not exit 90 s after Ctrl-C:\n"
+                             + interrupted.stderr.read()[-6000:]) from None
     killed.wait(30)
     assert gone(killed_followers), "a follower outlived a killed rank 0"
     assert gone(interrupted_followers), "a follower outlived an interrupted rank 0"

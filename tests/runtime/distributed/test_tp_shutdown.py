@@ -23,10 +23,16 @@ model = LocalModel.open(sys.argv[1], RuntimeOptions(dtype="fp32", device="cpu", 
 print(" ".join(str(c.pid) for c in psutil.Process().children()), flush=True)
 seq = model.engine.new_sequence()
 model.engine.extend(seq, [7] * 20)
+# As the agent does: Ctrl-C sets a flag the loop reads each token. Python's own
+# KeyboardInterrupt is lost when it lands in a finalizer (seen under a loaded suite: rank 0
+# kept generating and exited 0).
+interrupted = []
+signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
 print("generating", flush=True)
 try:
     for _ in model.engine.generate(seq, SamplingParams(max_tokens=4000, ignore_eos=True)):
-        pass
+        if interrupted:
+            raise KeyboardInterrupt
 finally:
     model.close()
 """

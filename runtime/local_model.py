@@ -21,7 +21,6 @@ from memory.kv_layout import KVLayout
 from runtime import settings
 from runtime.chat_template import ChatTemplate
 from runtime.config import ModelConfig
-from runtime.constraints import prepare as prepare_constraints
 from runtime.engine.cpu_layout import use_onednn
 from runtime.engine.engine import Engine, EngineConfig
 from runtime.engine.kv_pages import KVPages, PrivatePages
@@ -143,7 +142,9 @@ class LocalModel:
         settings.export_triton_cache_dir(options.cache_dir)
         tokenizer = _load_tokenizer(path)
         if options.constraints and (rank is None or rank.group.rank == 0):
-            prepare_constraints(tokenizer)  # beside the load: the first turn needs it
+            from runtime.constraints import prepare  # llguidance: only sessions need it
+
+            prepare(tokenizer)  # beside the load: the first turn needs it
         loaded = rank.load(path, dtype) if rank else _load(path, dtype, device, native)
         loaded.model.fuse_projections()
         if device.type == "cpu" and rank is None:  # the ranks gather their raw weights
